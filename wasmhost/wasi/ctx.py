@@ -1,0 +1,165 @@
+"""Per-store WASI state: what every host function receives first.
+
+One :class:`WasiCtx` lives as long as its Store (one component instance), so
+with instance reuse it serves many requests; request-scoped values
+(``request_id``) are updated by the worker for each task.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO, Callable
+
+from .interface import Trap
+
+
+@dataclass(frozen=True)
+class WasiConfig:
+    """What the server settings decide for every store (immutable, shared)."""
+
+    env: tuple[tuple[str, str], ...] = ()
+    args: tuple[str, ...] = ("wasmhost",)
+    # "host" or "host:port" entries a guest may send outgoing requests to.
+    allowed_outgoing: frozenset[str] = frozenset()
+    logging_prefix: bool = True
+    # Largest chunk a single stream read returns / check-write permits.
+    max_chunk: int = 64 * 1024
+    # Bound on the bytes buffered in one body pipe.
+    pipe_capacity: int = 256 * 1024
+
+
+class GuestInterrupted(Trap):
+    """The store was interrupted (request timeout, shutdown) while blocked in a host call."""
+
+
+class GuestExit(Trap):
+    """The guest called ``wasi:cli/exit.exit``."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(f"guest exited with status {code}")
+        self.code = code
+
+
+class LineSink:
+    """Guest stdout/stderr: whole lines to ``out``, each prefixed ``stdout [REQ_ID] :: ``.
+
+    Partial lines are held until their newline (or ``flush``), like
+    ``wasmtime serve`` does, so output of concurrent requests does not interleave
+    mid-line.
+    """
+
+    def __init__(self, name: str, ctx: "WasiCtx", out: BinaryIO | None = None) -> None:
+        self.name = name
+        self.ctx = ctx
+        self.out = out if out is not None else getattr(sys, name).buffer
+        self._pending = bytearray()
+        self._lock = threading.Lock()
+
+    def _prefix(self) -> bytes:
+        if not self.ctx.config.logging_prefix:
+            return b""
+        return f"{self.name} [{self.ctx.request_id}] :: ".encode()
+
+    def write(self, data: bytes) -> None:
+        with self._lock:
+            self._pending += data
+            if b"\n" not in data:
+                return
+            head, sep, rest = bytes(self._pending).rpartition(b"\n")
+            self._pending = bytearray(rest)
+            prefix = self._prefix()
+            lines = head.split(b"\n")
+            self.out.write(b"".join(prefix + line + b"\n" for line in lines))
+            self.out.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            if self._pending:
+                self.out.write(self._prefix() + bytes(self._pending) + b"\n")
+                self._pending.clear()
+            self.out.flush()
+
+
+class WasiCtx:
+    """State shared by all WASI host functions of one store."""
+
+    def __init__(
+        self,
+        config: WasiConfig,
+        loop: asyncio.AbstractEventLoop | None = None,
+        *,
+        http_client: Any = None,
+        stdout: BinaryIO | None = None,
+        stderr: BinaryIO | None = None,
+    ) -> None:
+        self.config = config
+        # The event loop that owns the HTTP side (pipes, outgoing requests).
+        self.loop = loop
+        # An aiohttp ClientSession for wasi:http/outgoing-handler (owned by the server).
+        self.http_client = http_client
+        # Every blocking wait of this store waits on this condition; every
+        # source of readiness (pipes, outgoing responses, interruption) notifies it.
+        self.cond = threading.Condition()
+        self.interrupted: str | None = None
+        self.request_id: int = 0
+        self.stdout = LineSink("stdout", self, stdout)
+        self.stderr = LineSink("stderr", self, stderr)
+        self.insecure_random = random.Random(os.urandom(16))
+        self.insecure_seed: tuple[int, int] = (
+            int.from_bytes(os.urandom(8), "little"),
+            int.from_bytes(os.urandom(8), "little"),
+        )
+        # Host-side values keyed by name for interfaces that need per-store
+        # state of their own (kept here so no module holds mutable state).
+        self.extras: dict[str, Any] = {}
+
+    # -- blocking -----------------------------------------------------------
+    def interrupt(self, reason: str) -> None:
+        """Wake every blocked host call of this store and make it trap."""
+        with self.cond:
+            self.interrupted = reason
+            self.cond.notify_all()
+
+    def check_interrupted(self) -> None:
+        if self.interrupted is not None:
+            raise GuestInterrupted(self.interrupted)
+
+    def notify(self) -> None:
+        """Something this store may be waiting for changed state."""
+        with self.cond:
+            self.cond.notify_all()
+
+    def block_until(self, ready: Callable[[], bool], deadline_ns: int | None = None) -> bool:
+        """Block the worker thread until ``ready()`` or ``deadline_ns`` (monotonic ns).
+
+        Returns the final value of ``ready()``. Raises :class:`GuestInterrupted`
+        when the store is interrupted meanwhile. ``ready`` is called with the
+        condition held; it must not block.
+        """
+        with self.cond:
+            while True:
+                self.check_interrupted()
+                if ready():
+                    return True
+                if deadline_ns is None:
+                    self.cond.wait()
+                    continue
+                left = deadline_ns - time.monotonic_ns()
+                if left <= 0:
+                    return ready()
+                self.cond.wait(left / 1e9)
+
+    def call_in_loop(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` on the event loop thread (fire and forget)."""
+        if self.loop is None:
+            raise Trap("no event loop is attached to this store")
+        self.loop.call_soon_threadsafe(fn, *args)
+
+    def close(self) -> None:
+        self.stdout.flush()
+        self.stderr.flush()

@@ -1,0 +1,202 @@
+"""A bounded byte pipe between the asyncio event loop and a worker thread.
+
+Guests run on worker threads (wasm releases the GIL) while aiohttp runs on the
+event loop. Every body crosses that boundary through a :class:`Pipe`:
+
+* loop -> worker: an incoming request body, an outgoing request's response
+  body. The loop side ``await feed(data)`` (waits while the pipe is full) and
+  ends with ``finish()`` or ``fail(error)``; the worker side reads without
+  blocking (``read``) and waits through its store's condition.
+* worker -> loop: a response body, an outgoing request body. The worker side
+  asks ``capacity()`` and ``write``s at most that much, then ``finish()``; the
+  loop side ``await drain()`` chunks until ``None`` (end), and calls
+  ``abort(error)`` when nobody will read any more (client gone).
+
+The worker side never blocks inside the pipe: it checks readiness with
+``readable()``/``writable()`` and blocks, when it must, in
+``WasiCtx.block_until`` on the shared ``cond``, which every state change here
+notifies. The loop side is woken through ``call_soon_threadsafe``.
+"""
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import deque
+
+
+class PipeClosed(Exception):
+    """The pipe ended normally (reader side: end of data)."""
+
+
+class PipeFailed(Exception):
+    """The pipe broke: the other side failed or went away. ``args[0]`` says why."""
+
+
+class Pipe:
+    __slots__ = (
+        "_loop", "_cond", "_chunks", "_buffered", "capacity_limit", "_ended",
+        "_error", "_loop_waiter", "total_in", "total_out",
+    )
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        cond: threading.Condition,
+        capacity: int = 64 * 1024,
+    ) -> None:
+        self._loop = loop
+        self._cond = cond
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self.capacity_limit = capacity
+        self._ended = False          # writer called finish()
+        self._error: BaseException | None = None
+        self._loop_waiter: asyncio.Future[None] | None = None
+        self.total_in = 0            # bytes written so far
+        self.total_out = 0           # bytes read so far
+
+    # -- shared helpers -------------------------------------------------
+    def _wake_loop(self) -> None:
+        """Called with the lock held: wake a coroutine waiting on this pipe."""
+        waiter = self._loop_waiter
+        if waiter is not None:
+            self._loop_waiter = None
+            self._loop.call_soon_threadsafe(_resolve, waiter)
+
+    def _changed(self) -> None:
+        self._cond.notify_all()
+        self._wake_loop()
+
+    @property
+    def error(self) -> BaseException | None:
+        return self._error
+
+    @property
+    def ended(self) -> bool:
+        return self._ended
+
+    # -- writer side (either thread) --------------------------------------
+    def capacity(self) -> int:
+        """How many bytes may be written now without exceeding the bound."""
+        with self._cond:
+            if self._error is not None:
+                raise PipeFailed(self._error)
+            if self._ended:
+                raise PipeClosed()
+            return max(0, self.capacity_limit - self._buffered)
+
+    def writable(self) -> bool:
+        with self._cond:
+            return self._error is not None or self._ended or self._buffered < self.capacity_limit
+
+    def write(self, data: bytes) -> None:
+        """Append ``data`` without waiting; callers respect ``capacity()``."""
+        if not data:
+            return
+        with self._cond:
+            if self._error is not None:
+                raise PipeFailed(self._error)
+            if self._ended:
+                raise PipeClosed()
+            self._chunks.append(bytes(data))
+            self._buffered += len(data)
+            self.total_in += len(data)
+            self._changed()
+
+    async def feed(self, data: bytes) -> None:
+        """Loop side: write ``data``, waiting while the pipe is over its bound."""
+        while True:
+            with self._cond:
+                if self._error is not None:
+                    raise PipeFailed(self._error)
+                if self._buffered < self.capacity_limit:
+                    break
+                waiter = self._new_loop_waiter()
+            await waiter
+        self.write(data)
+
+    def finish(self) -> None:
+        """Writer side: no more data."""
+        with self._cond:
+            self._ended = True
+            self._changed()
+
+    def fail(self, error: BaseException) -> None:
+        """Either side: the pipe is broken; both sides see ``PipeFailed``."""
+        with self._cond:
+            if self._error is None and not (self._ended and not self._chunks):
+                self._error = error
+            self._changed()
+
+    abort = fail
+
+    def flushed(self) -> bool:
+        """Writer side: everything written has been taken by the reader."""
+        with self._cond:
+            return self._buffered == 0 or self._error is not None
+
+    # -- reader side ------------------------------------------------------
+    def readable(self) -> bool:
+        """True when ``read`` would return data or raise (end or failure)."""
+        with self._cond:
+            return bool(self._chunks) or self._ended or self._error is not None
+
+    def read(self, limit: int) -> bytes:
+        """Take up to ``limit`` buffered bytes without waiting (may be ``b""``).
+
+        Raises ``PipeClosed`` at the end of data, ``PipeFailed`` when broken.
+        """
+        with self._cond:
+            if not self._chunks:
+                if self._error is not None:
+                    raise PipeFailed(self._error)
+                if self._ended:
+                    raise PipeClosed()
+                return b""
+            out = self._take(limit)
+            self._changed()
+            return out
+
+    def _take(self, limit: int) -> bytes:
+        parts: list[bytes] = []
+        need = limit
+        while self._chunks and need > 0:
+            head = self._chunks[0]
+            if len(head) <= need:
+                parts.append(self._chunks.popleft())
+                need -= len(head)
+            else:
+                parts.append(head[:need])
+                self._chunks[0] = head[need:]
+                need = 0
+        out = parts[0] if len(parts) == 1 else b"".join(parts)
+        self._buffered -= len(out)
+        self.total_out += len(out)
+        return out
+
+    async def drain(self, limit: int = 1 << 20) -> bytes | None:
+        """Loop side: the next chunk (up to ``limit`` bytes), or ``None`` at the end."""
+        while True:
+            with self._cond:
+                if self._chunks:
+                    out = self._take(limit)
+                    self._changed()
+                    return out
+                if self._error is not None:
+                    raise PipeFailed(self._error)
+                if self._ended:
+                    return None
+                waiter = self._new_loop_waiter()
+            await waiter
+
+    def _new_loop_waiter(self) -> asyncio.Future[None]:
+        waiter = self._loop_waiter
+        if waiter is None or waiter.done():
+            waiter = self._loop.create_future()
+            self._loop_waiter = waiter
+        return waiter
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
