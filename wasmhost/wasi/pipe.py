@@ -14,14 +14,17 @@ event loop. Every body crosses that boundary through a :class:`Pipe`:
 
 The worker side never blocks inside the pipe: it checks readiness with
 ``readable()``/``writable()`` and blocks, when it must, in
-``WasiCtx.block_until`` on the shared ``cond``, which every state change here
-notifies. The loop side is woken through ``call_soon_threadsafe``.
+``WasiCtx.block_until``; every state change here calls ``waker`` (set to the
+reading/writing store's ``WasiCtx.notify`` once a worker takes the pipe on)
+after releasing the pipe's own lock, so a waiter holding the store's condition
+never misses it. The loop side is woken through ``call_soon_threadsafe``.
 """
 from __future__ import annotations
 
 import asyncio
 import threading
 from collections import deque
+from typing import Callable
 
 
 class PipeClosed(Exception):
@@ -34,18 +37,20 @@ class PipeFailed(Exception):
 
 class Pipe:
     __slots__ = (
-        "_loop", "_cond", "_chunks", "_buffered", "capacity_limit", "_ended",
+        "_loop", "_lock", "waker", "_chunks", "_buffered", "capacity_limit", "_ended",
         "_error", "_loop_waiter", "total_in", "total_out",
     )
 
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
-        cond: threading.Condition,
         capacity: int = 64 * 1024,
+        waker: Callable[[], None] | None = None,
     ) -> None:
         self._loop = loop
-        self._cond = cond
+        self._lock = threading.Lock()
+        # Wakes the worker store blocked on this pipe (WasiCtx.notify).
+        self.waker = waker
         self._chunks: deque[bytes] = deque()
         self._buffered = 0
         self.capacity_limit = capacity
@@ -56,16 +61,18 @@ class Pipe:
         self.total_out = 0           # bytes read so far
 
     # -- shared helpers -------------------------------------------------
-    def _wake_loop(self) -> None:
+    def _changed(self) -> None:
         """Called with the lock held: wake a coroutine waiting on this pipe."""
         waiter = self._loop_waiter
         if waiter is not None:
             self._loop_waiter = None
             self._loop.call_soon_threadsafe(_resolve, waiter)
 
-    def _changed(self) -> None:
-        self._cond.notify_all()
-        self._wake_loop()
+    def _wake_worker(self) -> None:
+        """Called after releasing the lock: wake a worker waiting on this pipe."""
+        waker = self.waker
+        if waker is not None:
+            waker()
 
     @property
     def error(self) -> BaseException | None:
@@ -78,7 +85,7 @@ class Pipe:
     # -- writer side (either thread) --------------------------------------
     def capacity(self) -> int:
         """How many bytes may be written now without exceeding the bound."""
-        with self._cond:
+        with self._lock:
             if self._error is not None:
                 raise PipeFailed(self._error)
             if self._ended:
@@ -86,14 +93,14 @@ class Pipe:
             return max(0, self.capacity_limit - self._buffered)
 
     def writable(self) -> bool:
-        with self._cond:
+        with self._lock:
             return self._error is not None or self._ended or self._buffered < self.capacity_limit
 
     def write(self, data: bytes) -> None:
         """Append ``data`` without waiting; callers respect ``capacity()``."""
         if not data:
             return
-        with self._cond:
+        with self._lock:
             if self._error is not None:
                 raise PipeFailed(self._error)
             if self._ended:
@@ -102,11 +109,12 @@ class Pipe:
             self._buffered += len(data)
             self.total_in += len(data)
             self._changed()
+        self._wake_worker()
 
     async def feed(self, data: bytes) -> None:
         """Loop side: write ``data``, waiting while the pipe is over its bound."""
         while True:
-            with self._cond:
+            with self._lock:
                 if self._error is not None:
                     raise PipeFailed(self._error)
                 if self._buffered < self.capacity_limit:
@@ -117,28 +125,30 @@ class Pipe:
 
     def finish(self) -> None:
         """Writer side: no more data."""
-        with self._cond:
+        with self._lock:
             self._ended = True
             self._changed()
+        self._wake_worker()
 
     def fail(self, error: BaseException) -> None:
         """Either side: the pipe is broken; both sides see ``PipeFailed``."""
-        with self._cond:
+        with self._lock:
             if self._error is None and not (self._ended and not self._chunks):
                 self._error = error
             self._changed()
+        self._wake_worker()
 
     abort = fail
 
     def flushed(self) -> bool:
         """Writer side: everything written has been taken by the reader."""
-        with self._cond:
+        with self._lock:
             return self._buffered == 0 or self._error is not None
 
     # -- reader side ------------------------------------------------------
     def readable(self) -> bool:
         """True when ``read`` would return data or raise (end or failure)."""
-        with self._cond:
+        with self._lock:
             return bool(self._chunks) or self._ended or self._error is not None
 
     def read(self, limit: int) -> bytes:
@@ -146,7 +156,7 @@ class Pipe:
 
         Raises ``PipeClosed`` at the end of data, ``PipeFailed`` when broken.
         """
-        with self._cond:
+        with self._lock:
             if not self._chunks:
                 if self._error is not None:
                     raise PipeFailed(self._error)
@@ -155,9 +165,12 @@ class Pipe:
                 return b""
             out = self._take(limit)
             self._changed()
-            return out
+        self._wake_worker()
+        return out
 
     def _take(self, limit: int) -> bytes:
+        if limit <= 0:
+            return b""
         parts: list[bytes] = []
         need = limit
         while self._chunks and need > 0:
@@ -177,17 +190,19 @@ class Pipe:
     async def drain(self, limit: int = 1 << 20) -> bytes | None:
         """Loop side: the next chunk (up to ``limit`` bytes), or ``None`` at the end."""
         while True:
-            with self._cond:
+            with self._lock:
                 if self._chunks:
                     out = self._take(limit)
                     self._changed()
-                    return out
+                    break
                 if self._error is not None:
                     raise PipeFailed(self._error)
                 if self._ended:
                     return None
                 waiter = self._new_loop_waiter()
             await waiter
+        self._wake_worker()
+        return out
 
     def _new_loop_waiter(self) -> asyncio.Future[None]:
         waiter = self._loop_waiter
