@@ -106,6 +106,9 @@ class WasiCtx:
         # source of readiness (pipes, outgoing responses, interruption) notifies it.
         self.cond = threading.Condition()
         self.interrupted: str | None = None
+        # The Trap a host function raised last (e.g. GuestExit), so the worker
+        # can tell `exit(0)` from a failure after wasmtime reports the trap.
+        self.last_trap: Trap | None = None
         self.request_id: int = 0
         self.stdout = LineSink("stdout", self, stdout)
         self.stderr = LineSink("stderr", self, stderr)
@@ -152,7 +155,7 @@ class WasiCtx:
                 left = deadline_ns - time.monotonic_ns()
                 if left <= 0:
                     return ready()
-                self.cond.wait(left / 1e9)
+                self.cond.wait(min(left / 1e9, threading.TIMEOUT_MAX))
 
     def call_in_loop(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run ``fn(*args)`` on the event loop thread (fire and forget)."""

@@ -89,7 +89,7 @@ HostFunc = Callable[..., Any]
 F = TypeVar("F", bound=HostFunc)
 
 
-@dataclass
+@dataclass(eq=False)
 class HostInterface:
     """A WASI interface (``namespace:package/name``, without version) and its functions.
 

@@ -1,0 +1,1 @@
+"""The lean binding layer between wasmtime's component C API and Python host code."""

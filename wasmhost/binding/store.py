@@ -1,0 +1,112 @@
+"""Per-store binding state: the WASI context, the resource table, staging buffers."""
+from __future__ import annotations
+
+import ctypes
+import logging
+from typing import Any, Callable
+
+from ..wasi.ctx import WasiCtx
+from ..wasi.interface import HostResource, Trap
+from ..wasi.table import ResourceTable
+from . import capi
+from .capi import PAYLOAD, VAL_SIZE, read_u64, write_u8
+
+log = logging.getLogger("wasmhost.binding")
+
+_unpack_list = capi.struct.Struct("<QQ").unpack
+
+
+class StoreBinding:
+    """Everything the host-call trampolines need for one wasmtime Store."""
+
+    __slots__ = (
+        "ctx", "ctx_ptr", "table", "_out_ptr", "_lift_stage", "_lower_stage",
+    )
+
+    def __init__(self, ctx: WasiCtx, ctx_ptr: int) -> None:
+        self.ctx = ctx
+        self.ctx_ptr = ctx_ptr
+        self.table = ResourceTable()
+        self._out_ptr = ctypes.c_void_p()
+        self._lift_stage = bytearray()
+        # Pre-filled with the u8 kind tag every 32 bytes (see lower_bytes).
+        self._lower_stage = bytearray()
+
+    # -- resources -----------------------------------------------------------------
+    def any_to_rep(self, any_ptr: int) -> int:
+        """Turn a guest-passed resource handle into our rep, releasing the handle."""
+        out = self._out_ptr
+        error = capi.resource_any_to_host(self.ctx_ptr, any_ptr, ctypes.byref(out))
+        if error:
+            raise Trap(_error_text(error))
+        host = out.value
+        rep = capi.resource_host_rep(host)
+        capi.resource_host_delete(host)
+        return rep
+
+    def new_own(self, obj: HostResource, type_id: int) -> int:
+        """Hand ``obj`` to the guest as a new owned handle; returns the resource_any pointer."""
+        if not isinstance(obj, HostResource):
+            raise TypeError(f"expected a host resource object, got {obj!r}")
+        rep = self.table.insert(obj)
+        host = capi.resource_host_new(True, rep, type_id)
+        out = self._out_ptr
+        error = capi.resource_host_to_any(self.ctx_ptr, host, ctypes.byref(out))
+        capi.resource_host_delete(host)
+        if error:
+            self.table.take(rep)
+            raise Trap(_error_text(error))
+        return out.value or 0
+
+    # -- boxes (option/result/variant payloads) -------------------------------------
+    def boxed(self, lower: Callable[[Any, int, "StoreBinding"], None], value: Any) -> int:
+        """Lower ``value`` into a heap val owned by wasmtime; returns its address."""
+        scratch = ctypes.create_string_buffer(VAL_SIZE)
+        addr = ctypes.addressof(scratch)
+        lower(value, addr, self)
+        return capi.val_new(addr) or 0
+
+    # -- bulk bytes -----------------------------------------------------------------
+    def lift_bytes(self, addr: int) -> bytes:
+        """A guest ``list<u8>`` as bytes: one memmove and a strided slice."""
+        size, data = _unpack_list(capi.string_at(addr + PAYLOAD, 16))
+        if size == 0:
+            return b""
+        span = size * VAL_SIZE
+        stage = self._lift_stage
+        if len(stage) < span:
+            stage = self._lift_stage = bytearray(span)
+        capi.memmove((ctypes.c_char * span).from_buffer(stage), data, span)
+        return bytes(memoryview(stage)[PAYLOAD:span:VAL_SIZE])
+
+    def lower_bytes(self, value: bytes, addr: int) -> None:
+        """Write ``value`` as a ``list<u8>``: one C allocation and one memmove."""
+        size = len(value)
+        write_u8(addr, capi.K_LIST)
+        capi.vallist_new_uninit(addr + PAYLOAD, size)
+        if size == 0:
+            return
+        data = read_u64(addr + PAYLOAD + 8)
+        span = size * VAL_SIZE
+        stage = self._lower_stage
+        if len(stage) < span:
+            stage = self._lower_stage = bytearray(span)
+            stage[0::VAL_SIZE] = bytes([capi.K_U8]) * (span // VAL_SIZE)
+        memoryview(stage)[PAYLOAD:span:VAL_SIZE] = value
+        capi.memmove(data, (ctypes.c_char * span).from_buffer(stage), span)
+
+    # -- teardown -------------------------------------------------------------------
+    def release_all(self) -> None:
+        """The store is going away: let every object the guest still held clean up."""
+        for obj in self.table.drain():
+            try:
+                obj.on_drop()
+            except Exception:  # one bad object must not stop the others' cleanup
+                log.exception("error releasing %r", obj)
+
+
+def _error_text(error_ptr: int) -> str:
+    from wasmtime import WasmtimeError, _ffi
+
+    err = WasmtimeError._from_ptr(ctypes.cast(error_ptr, ctypes.POINTER(_ffi.wasmtime_error_t)))
+    return str(err)

@@ -1,0 +1,229 @@
+"""wasmtime side: Engine, Component, Linker, Stores, the epoch ticker.
+
+``WasmEngine`` loads and checks one component, links the Python WASI host
+into it once, and creates :class:`GuestInstance` objects (a Store, its
+bindings, the instantiated component and its ``handle`` export) for workers.
+"""
+from __future__ import annotations
+
+import ctypes
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from wasmtime import Config, Engine, Store, WasmtimeError
+from wasmtime import component as wc
+
+from .binding import capi
+from .binding.linker import HostLinker, LinkError
+from .binding.store import StoreBinding, _error_text
+from .wasi import all_interfaces
+from .wasi.ctx import WasiCtx
+from .wasi.interface import HostInterface, HostResource
+
+log = logging.getLogger("wasmhost.engine")
+
+INCOMING_HANDLER = "wasi:http/incoming-handler@0.2"
+HANDLE_ARGS = 2
+# Epoch ticks never reached when no request timeout applies (~3 years at 10 ms).
+NO_DEADLINE_TICKS = 1 << 33
+
+
+class ComponentError(Exception):
+    """The file is not a servable wasi:http 0.2 component (one-line message)."""
+
+
+class GuestTrap(Exception):
+    """The guest trapped (or was interrupted); ``str()`` holds wasmtime's message and backtrace."""
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    epoch_tick: float = 0.010          # seconds between epoch increments
+    request_timeout: float = math.inf  # seconds; inf = no deadline
+    profile_perfmap: bool = False
+    cache: bool = False                # wasmtime's on-disk compilation cache
+
+
+def build_engine(options: EngineOptions) -> Engine:
+    config = Config()
+    config.epoch_interruption = True
+    if options.profile_perfmap:
+        config.profiler = "perfmap"
+    if options.cache:
+        config.cache = True
+    return Engine(config)
+
+
+def load_component(engine: Engine, source: Path | str | bytes, *, text: bool = False) -> wc.Component:
+    """Compile a component from a path, bytes, or WAT text; raise ComponentError with one line."""
+    try:
+        if isinstance(source, Path):
+            data: Any = source.read_bytes()
+        else:
+            data = source
+        if not text and isinstance(data, bytes) and not data.startswith(b"\0asm"):
+            raise ComponentError(f"{_describe(source)} is not a WebAssembly file")
+        if isinstance(data, bytes) and data[4:8] == b"\x01\0\0\0":
+            raise ComponentError(f"{_describe(source)} is a core WebAssembly module, not a component")
+        return wc.Component(engine, data)
+    except ComponentError:
+        raise
+    except OSError as exc:
+        raise ComponentError(f"cannot read {_describe(source)}: {exc.strerror or exc}") from None
+    except WasmtimeError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid component"
+        raise ComponentError(f"{_describe(source)} is not a valid component: {first}") from None
+
+
+def _describe(source: Path | str | bytes) -> str:
+    return str(source) if isinstance(source, Path) else "the component"
+
+
+def find_incoming_handler(engine: Engine, component: wc.Component) -> str:
+    """The name of the ``wasi:http/incoming-handler@0.2.x`` export, or ComponentError."""
+    exports = list(component.type.exports(engine))
+    for name in exports:
+        if name.startswith(INCOMING_HANDLER + "."):
+            return name
+    for name in exports:
+        if name.startswith("wasi:http/handler@0.3") or name.startswith("wasi:http/incoming-handler@0.3"):
+            raise ComponentError(f"the component exports {name}: wasi:http 0.3 components are not supported yet")
+    listed = ", ".join(exports) or "nothing"
+    raise ComponentError(f"the component does not export wasi:http/incoming-handler@0.2.x (it exports {listed})")
+
+
+class EpochTicker:
+    """Advances the engine's epoch every ``tick`` seconds so store deadlines fire."""
+
+    def __init__(self, engine: Engine, tick: float) -> None:
+        self.engine = engine
+        self.tick = tick
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="wasmhost-epoch", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.tick):
+            self.engine.increment_epoch()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+
+class WasmEngine:
+    """One compiled, linked component, ready to instantiate on any thread."""
+
+    def __init__(
+        self,
+        component: Path | str | bytes,
+        options: EngineOptions = EngineOptions(),
+        *,
+        text: bool = False,
+        interfaces: Iterable[HostInterface] | None = None,
+    ) -> None:
+        self.options = options
+        self.engine = build_engine(options)
+        self.component = load_component(self.engine, component, text=text)
+        self.export_name = find_incoming_handler(self.engine, self.component)
+        self.host = HostLinker(self.engine, all_interfaces() if interfaces is None else interfaces)
+        try:
+            self.linker = self.host.link(self.component)
+        except LinkError as exc:
+            raise ComponentError(str(exc)) from None
+        export = self.component.get_export_index(self.export_name)
+        handle = self.component.get_export_index("handle", export) if export is not None else None
+        if handle is None:
+            raise ComponentError(f"{self.export_name} has no `handle` function")
+        self._handle_index = handle
+        self._request_type = self.host.resource_type_id("incoming-request")
+        self._outparam_type = self.host.resource_type_id("response-outparam")
+        self.ticker = EpochTicker(self.engine, options.epoch_tick)
+        self._instance_ids = 0
+        self._ids_lock = threading.Lock()
+
+    def start(self) -> None:
+        self.ticker.start()
+
+    def stop(self) -> None:
+        self.ticker.stop()
+
+    def deadline_ticks(self, seconds: float) -> int:
+        if math.isinf(seconds):
+            return NO_DEADLINE_TICKS
+        return max(1, math.ceil(seconds / self.options.epoch_tick))
+
+    def instantiate(self, ctx: WasiCtx) -> "GuestInstance":
+        with self._ids_lock:
+            self._instance_ids += 1
+            instance_id = self._instance_ids
+        store = Store(self.engine)
+        store.set_epoch_deadline(NO_DEADLINE_TICKS)
+        binding = self.host.bind_store(store, ctx)
+        started = time.perf_counter()
+        try:
+            instance = self.linker.instantiate(store, self.component)
+            func = instance.get_func(store, self._handle_index)
+        except WasmtimeError as exc:
+            self.host.unbind_store(binding)
+            raise GuestTrap(f"instantiation failed: {exc}") from None
+        if func is None:
+            self.host.unbind_store(binding)
+            raise GuestTrap("the instance has no handle function")
+        return GuestInstance(self, instance_id, store, binding, func._func, time.perf_counter() - started)
+
+
+class GuestInstance:
+    """A Store with one instantiated component; used by one worker thread at a time."""
+
+    def __init__(
+        self, engine: WasmEngine, instance_id: int, store: Store, binding: StoreBinding,
+        func: Any, instantiate_seconds: float,
+    ) -> None:
+        self.engine = engine
+        self.id = instance_id
+        self.store = store
+        self.binding = binding
+        self.ctx: WasiCtx = binding.ctx
+        self._func = func
+        self._args = ctypes.create_string_buffer(capi.VAL_SIZE * HANDLE_ARGS)
+        self.instantiate_seconds = instantiate_seconds
+        self.requests_served = 0
+        self.poisoned = False  # trapped or interrupted: never reuse
+
+    def handle(self, request: HostResource, response_out: HostResource, timeout: float = math.inf) -> None:
+        """Call ``handle(request, response-out)``; raise GuestTrap if the guest traps."""
+        self.requests_served += 1
+        self.store.set_epoch_deadline(self.engine.deadline_ticks(timeout))
+        binding = self.binding
+        args = ctypes.addressof(self._args)
+        second = args + capi.VAL_SIZE
+        capi.write_u8(args, capi.K_RESOURCE)
+        capi.write_u64(args + capi.PAYLOAD, binding.new_own(request, self.engine._request_type))
+        capi.write_u8(second, capi.K_RESOURCE)
+        capi.write_u64(second + capi.PAYLOAD, binding.new_own(response_out, self.engine._outparam_type))
+        try:
+            error = capi.func_call(ctypes.addressof(self._func), binding.ctx_ptr, args, HANDLE_ARGS, None, 0)
+        finally:
+            capi.resource_any_delete(capi.read_u64(args + capi.PAYLOAD))
+            capi.resource_any_delete(capi.read_u64(second + capi.PAYLOAD))
+            self.store.set_epoch_deadline(NO_DEADLINE_TICKS)
+        if error:
+            self.poisoned = True
+            raise GuestTrap(_error_text(error))
+
+    def close(self) -> None:
+        self.engine.host.unbind_store(self.binding)
+        self.ctx.close()
+        self.store.close() if hasattr(self.store, "close") else None
