@@ -1,0 +1,110 @@
+"""``wasmhost serve``: the command line on top of :class:`~wasmhost.settings.Settings`."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from pydantic import ValidationError
+
+from . import __version__
+
+EXIT_USAGE = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wasmhost", description="Serve wasi:http components from Python.")
+    parser.add_argument("--version", action="version", version=f"wasmhost {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser(
+        "serve", help="serve a wasi:http/proxy 0.2 component over HTTP",
+        description="Serve a wasi:http/proxy 0.2.x component over HTTP/1.1 (the built-in demo when no component is given).",
+    )
+    serve.add_argument("component", nargs="?", type=Path, help="the component (.wasm or .wat)")
+    serve.add_argument("--addr", help="socket address to bind to (default 0.0.0.0:8080)")
+    serve.add_argument("--env", action="append", metavar="NAME[=VAL]",
+                       help="pass an environment variable to the guest (repeatable)")
+    serve.add_argument("-H", "--header", action="append", metavar="'NAME: VALUE'",
+                       help="add or replace a request header before it reaches the guest (repeatable)")
+    serve.add_argument("--no-logging-prefix", action="store_true", default=None,
+                       help="do not prefix guest output with 'stdout [REQ_ID] :: '")
+    serve.add_argument("--max-instance-reuse-count", type=int, metavar="N",
+                       help="requests one instance serves before it is replaced (default 128; 1 = fresh instance per request)")
+    serve.add_argument("--max-instance-concurrent-reuse-count", type=int, metavar="N",
+                       help="requests one instance serves at once (default 1; wasi:http 0.2 guests cannot run more)")
+    serve.add_argument("--idle-instance-timeout", metavar="DURATION",
+                       help="how long an idle instance is kept for reuse (default 1s)")
+    serve.add_argument("--request-timeout", metavar="DURATION",
+                       help="longest a request may run in the guest, e.g. 30s (default: no limit)")
+    serve.add_argument("-W", dest="wasm_options", action="append", metavar="timeout=DURATION",
+                       help="wasmtime-style wasm option; `timeout=` sets --request-timeout")
+    serve.add_argument("--max-instances", type=int, metavar="N", help="bound on live instances; requests queue beyond it")
+    serve.add_argument("--max-concurrent-requests", type=int, metavar="N",
+                       help="requests handled at once; more wait for a slot")
+    serve.add_argument("--allow-outgoing", action="append", metavar="HOST[:PORT]",
+                       help="let the guest send outgoing requests to this authority (repeatable)")
+    serve.add_argument("--profile", metavar="guest[,PATH]|perfmap", help="write a guest profile per instance, or a perf map")
+    return parser
+
+
+def _settings_input(args: argparse.Namespace) -> dict[str, Any]:
+    """Only what was given on the command line, so WASMHOST_* variables fill the rest."""
+    given = {
+        key: value for key, value in vars(args).items()
+        if value is not None and key not in ("command", "wasm_options")
+    }
+    for option in args.wasm_options or []:
+        key, sep, value = option.partition("=")
+        if key != "timeout" or not sep:
+            raise ValueError(f"unsupported -W option {option!r} (only timeout=DURATION is supported)")
+        given["request_timeout"] = value
+    return given
+
+
+def _fail(message: str) -> int:
+    print(f"wasmhost: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from .settings import Settings
+
+    try:
+        settings = Settings(**_settings_input(args))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]).replace("_", "-")
+        return _fail(f"--{where}: {first['msg']}")
+    except ValueError as exc:
+        return _fail(str(exc))
+    return serve(settings)
+
+
+def serve(settings: Any) -> int:
+    from aiohttp import web
+
+    from .engine import ComponentError
+    from .runtime import Runtime
+    from .server import create_app
+    from .settings import parse_addr
+
+    try:
+        runtime = Runtime(settings)
+    except ComponentError as exc:
+        return _fail(str(exc))
+    host, port = parse_addr(settings.addr)
+    app = create_app(settings, runtime=runtime)
+    shown = f"[{host}]" if ":" in host else host
+    web.run_app(
+        app, host=host, port=port, access_log=None,
+        print=lambda _: print(f"Serving HTTP on http://{shown}:{port}/", file=sys.stderr, flush=True),
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

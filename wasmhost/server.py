@@ -1,0 +1,178 @@
+"""The aiohttp side: ``create_app()`` builds an application that serves one component.
+
+Each HTTP request becomes an :class:`~wasmhost.wasi.http_exchange.HttpExchange`
+(request head, a body pipe fed from the socket) and a task for the
+:class:`~wasmhost.handler.ProxyHandler`; the response head the guest sets is
+sent as soon as it is set and its body streams out as the guest writes it.
+The app owns its engine, handler and HTTP client through startup/cleanup
+signals, so several apps can run side by side or mounted as sub-apps.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any
+
+from aiohttp import ClientSession, web
+from multidict import CIMultiDict
+
+from .runtime import Runtime
+from .settings import Settings
+from .wasi.http_exchange import GuestResponseError, HttpExchange
+from .wasi.pipe import Pipe, PipeFailed
+
+log = logging.getLogger("wasmhost.server")
+
+RUNTIME_KEY = web.AppKey("wasmhost_runtime", Runtime)
+# Headers aiohttp computes itself from how the body is sent.
+_FRAMING_HEADERS = {"content-length", "transfer-encoding", "connection", "keep-alive"}
+_NO_BODY_STATUSES = {204, 304}
+
+
+def create_app(settings: Settings | None = None, *, runtime: Runtime | None = None) -> web.Application:
+    """An aiohttp application serving ``settings.component`` (or the built-in demo).
+
+    Pass a ``runtime`` that was built beforehand (the CLI does, so a bad
+    component fails before any socket is bound); otherwise the component is
+    loaded when the app starts.
+    """
+    settings = settings or Settings()
+    app = web.Application(client_max_size=settings.max_request_body)
+    app[RUNTIME_KEY] = runtime if runtime is not None else Runtime(settings)
+    app.on_startup.append(_start)
+    app.on_cleanup.append(_stop)
+    app.router.add_route("*", "/{tail:.*}", _serve)
+    return app
+
+
+async def _start(app: web.Application) -> None:
+    runtime = app[RUNTIME_KEY]
+    session = ClientSession(auto_decompress=False)
+    await runtime.start(asyncio.get_running_loop(), session)
+
+
+async def _stop(app: web.Application) -> None:
+    await app[RUNTIME_KEY].stop()
+
+
+def _request_headers(request: web.Request, overrides: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+    headers = [(name.decode("latin-1").lower(), value) for name, value in request.raw_headers]
+    if overrides:
+        replaced = {name for name, _ in overrides}
+        headers = [(n, v) for n, v in headers if n not in replaced] + list(overrides)
+    return headers
+
+
+async def _feed_body(request: web.Request, pipe: Pipe) -> None:
+    """Copy the request body into the pipe the guest reads, with backpressure."""
+    try:
+        while True:
+            chunk = await request.content.readany()
+            if not chunk:
+                break
+            await pipe.feed(chunk)
+        pipe.finish()
+    except PipeFailed:
+        return  # the guest stopped reading; nothing more to deliver
+    except (asyncio.CancelledError, ConnectionError, OSError) as exc:
+        pipe.fail(exc if isinstance(exc, Exception) else ConnectionAbortedError("request cancelled"))
+        if isinstance(exc, asyncio.CancelledError):
+            raise
+    except Exception as exc:  # e.g. aiohttp's payload errors on a truncated body
+        pipe.fail(exc)
+
+
+async def _serve(request: web.Request) -> web.StreamResponse:
+    runtime = request.app[RUNTIME_KEY]
+    loop = asyncio.get_running_loop()
+    settings = runtime.settings
+    body: Pipe | None = None
+    if request.body_exists:
+        body = Pipe(loop, runtime.wasi_config.pipe_capacity)
+    exchange = HttpExchange(
+        loop,
+        request.method,
+        "https" if request.secure else "http",
+        request.host,
+        request.raw_path,
+        _request_headers(request, runtime.header_overrides),
+        body,
+        runtime.wasi_config,
+    )
+    feeder = asyncio.ensure_future(_feed_body(request, body)) if body is not None else None
+    req_id = runtime.dispatch(exchange)
+    try:
+        try:
+            response = await exchange.response()
+        except GuestResponseError as exc:
+            log.error("request %s: %s", req_id, exc)
+            return web.Response(status=exc.status, text=exc.public_message + "\n")
+        return await _send(request, response, req_id, settings)
+    finally:
+        if feeder is not None and not feeder.done():
+            feeder.cancel()
+
+
+async def _send(request: web.Request, response: Any, req_id: int, settings: Settings) -> web.StreamResponse:
+    headers: CIMultiDict[str] = CIMultiDict()
+    declared_length: int | None = None
+    for name, value in response.headers:
+        if name == "content-length":
+            declared_length = int(value)
+            continue
+        if name in _FRAMING_HEADERS:
+            continue
+        headers.add(name, value.decode("latin-1"))
+    out = web.StreamResponse(status=response.status, headers=headers)
+    pipe: Pipe | None = response.body
+    if declared_length is not None:
+        out.content_length = declared_length
+    elif response.status not in _NO_BODY_STATUSES and request.method != "HEAD" and request.version >= (1, 1):
+        out.enable_chunked_encoding()
+    await out.prepare(request)
+    if pipe is None:
+        await out.write_eof()
+        return out
+    try:
+        while (chunk := await pipe.drain()) is not None:
+            await out.write(chunk)
+    except PipeFailed as exc:
+        # The head is already out: the only honest signal left is to cut the connection.
+        log.error("request %s: response body failed after the head was sent: %s", req_id, exc.args[0] if exc.args else exc)
+        _abort(request)
+        return out
+    except (ConnectionError, asyncio.CancelledError) as exc:
+        pipe.abort(ConnectionAbortedError("client disconnected"))
+        if isinstance(exc, asyncio.CancelledError):
+            raise
+        return out
+    trailers = response.trailers()
+    if trailers and out.chunked:
+        await _write_trailers(out, trailers)
+    else:
+        await out.write_eof()
+    return out
+
+
+async def _write_trailers(out: web.StreamResponse, trailers: list[tuple[str, bytes]]) -> None:
+    """End a chunked body with a trailer section (aiohttp has no API for it)."""
+    writer = out._payload_writer  # noqa: SLF001 - aiohttp offers no public trailer support
+    assert writer is not None
+    block = b"".join(name.encode("latin-1") + b": " + value + b"\r\n" for name, value in trailers)
+    writer.chunked = False
+    await writer.write(b"0\r\n" + block + b"\r\n")
+    writer.chunked = True
+    await writer.drain()
+    writer._eof = True  # noqa: SLF001 - the terminating chunk was written above
+    out._eof_sent = True  # noqa: SLF001
+
+
+def _abort(request: web.Request) -> None:
+    transport = request.transport
+    if transport is not None:
+        transport.abort() if hasattr(transport, "abort") else transport.close()
+
+
+def host_environment() -> dict[str, str]:
+    return dict(os.environ)
