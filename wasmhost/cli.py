@@ -45,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="requests handled at once; more wait for a slot")
     serve.add_argument("--allow-outgoing", action="append", metavar="HOST[:PORT]",
                        help="let the guest send outgoing requests to this authority (repeatable)")
+    serve.add_argument("--cache-dir", type=Path, metavar="DIR",
+                       help="where compiled components are cached (default ~/.cache/wasmhost)")
+    serve.add_argument("--no-cache", action="store_true", default=None, help="do not cache compiled components")
     serve.add_argument("--profile", metavar="guest[,PATH]|perfmap", help="write a guest profile per instance, or a perf map")
     return parser
 

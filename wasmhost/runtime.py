@@ -13,7 +13,7 @@ import os
 from importlib import resources
 from typing import Any, Callable
 
-from .engine import EngineOptions, GuestInstance, GuestTrap, WasmEngine
+from .engine import EngineOptions, GuestInstance, GuestTrap, WasmEngine, default_cache_dir
 from .handler import HandlerState, ProxyHandler, WorkerError
 from .settings import Settings
 from .wasi.ctx import GuestExit, WasiConfig, WasiCtx
@@ -26,6 +26,7 @@ def load_engine(settings: Settings) -> WasmEngine:
     options = EngineOptions(
         request_timeout=settings.request_timeout,
         profile_perfmap=(settings.profile or "").split(",", 1)[0] == "perfmap",
+        cache_dir=None if settings.no_cache else (settings.cache_dir or default_cache_dir()),
     )
     if settings.component is None:
         demo = resources.files("wasmhost").joinpath("demo.wat").read_text()

@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     allow_outgoing: list[str] = Field(
         default_factory=list, description="HOST[:PORT] the guest may send outgoing requests to.")
     profile: str | None = Field(default=None, description="guest[,PATH] or perfmap.")
+    cache_dir: Path | None = Field(
+        default=None, description="Compiled-component cache folder (default ~/.cache/wasmhost).")
+    no_cache: bool = Field(default=False, description="Compile the component on every start.")
     max_request_body: int = Field(default=1 << 30, ge=0, description="Largest request body accepted, bytes.")
 
     @field_validator("addr")
