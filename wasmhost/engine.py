@@ -10,7 +10,6 @@ import ctypes
 import hashlib
 import logging
 import os
-import math
 import threading
 import time
 from dataclasses import dataclass
@@ -32,8 +31,6 @@ log = logging.getLogger("wasmhost.engine")
 
 INCOMING_HANDLER = "wasi:http/incoming-handler@0.2"
 HANDLE_ARGS = 2
-# Epoch ticks never reached when no request timeout applies (~3 years at 10 ms).
-NO_DEADLINE_TICKS = 1 << 33
 
 
 class ComponentError(Exception):
@@ -46,8 +43,8 @@ class GuestTrap(Exception):
 
 @dataclass(frozen=True)
 class EngineOptions:
-    epoch_tick: float = 0.010          # seconds between epoch increments
-    request_timeout: float = math.inf  # seconds; inf = no deadline
+    # Seconds between epoch increments: how soon running wasm notices an interrupt.
+    epoch_tick: float = 0.010
     profile_perfmap: bool = False
     # Where compiled components are kept (keyed by content and engine settings);
     # None disables the cache. Compiling an 18 MB componentize-py guest takes
@@ -189,6 +186,7 @@ class WasmEngine:
         self._request_type = self.host.resource_type_id("incoming-request")
         self._outparam_type = self.host.resource_type_id("response-outparam")
         self.ticker = EpochTicker(self.engine, options.epoch_tick)
+        self._on_epoch = capi.EPOCH_CALLBACK(self._epoch_reached)
         self._instance_ids = 0
         self._ids_lock = threading.Lock()
 
@@ -198,17 +196,27 @@ class WasmEngine:
     def stop(self) -> None:
         self.ticker.stop()
 
-    def deadline_ticks(self, seconds: float) -> int:
-        if math.isinf(seconds):
-            return NO_DEADLINE_TICKS
-        return max(1, math.ceil(seconds / self.options.epoch_tick))
+    def _epoch_reached(self, ctx_ptr: int, _data: int, delta: Any, kind: Any) -> int:
+        """Every epoch tick while a store runs wasm: trap it once it is interrupted.
+
+        Interruption comes from other threads (request timeout, a sibling's
+        trap, shutdown); a store can only be stopped from its own thread, so
+        running wasm checks in here once per tick.
+        """
+        binding = self.host.stores.get(ctx_ptr)
+        if binding is not None and binding.ctx.interrupted is not None:
+            return capi.error_ptr(f"interrupted: {binding.ctx.interrupted}")
+        delta[0] = 1
+        kind[0] = capi.UPDATE_DEADLINE_CONTINUE
+        return 0
 
     def instantiate(self, ctx: WasiCtx) -> "GuestInstance":
         with self._ids_lock:
             self._instance_ids += 1
             instance_id = self._instance_ids
         store = Store(self.engine)
-        store.set_epoch_deadline(NO_DEADLINE_TICKS)
+        capi.store_epoch_deadline_callback(store.ptr(), self._on_epoch, None, capi.keep_data)
+        store.set_epoch_deadline(1)
         binding = self.host.bind_store(store, ctx)
         started = time.perf_counter()
         try:
@@ -241,10 +249,9 @@ class GuestInstance:
         self.requests_served = 0
         self.poisoned = False  # trapped or interrupted: never reuse
 
-    def handle(self, request: HostResource, response_out: HostResource, timeout: float = math.inf) -> None:
+    def handle(self, request: HostResource, response_out: HostResource) -> None:
         """Call ``handle(request, response-out)``; raise GuestTrap if the guest traps."""
         self.requests_served += 1
-        self.store.set_epoch_deadline(self.engine.deadline_ticks(timeout))
         binding = self.binding
         args = ctypes.addressof(self._args)
         second = args + capi.VAL_SIZE
@@ -257,7 +264,6 @@ class GuestInstance:
         finally:
             capi.resource_any_delete(capi.read_u64(args + capi.PAYLOAD))
             capi.resource_any_delete(capi.read_u64(second + capi.PAYLOAD))
-            self.store.set_epoch_deadline(NO_DEADLINE_TICKS)
         if error:
             self.poisoned = True
             raise GuestTrap(_error_text(error))
@@ -265,4 +271,4 @@ class GuestInstance:
     def close(self) -> None:
         self.engine.host.unbind_store(self.binding)
         self.ctx.close()
-        self.store.close() if hasattr(self.store, "close") else None
+        self.store.close()

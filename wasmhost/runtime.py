@@ -14,7 +14,7 @@ from importlib import resources
 from typing import Any, Callable
 
 from .engine import EngineOptions, GuestInstance, GuestTrap, WasmEngine, default_cache_dir
-from .handler import HandlerState, ProxyHandler, WorkerError
+from .handler import ProxyHandler, RequestTimeoutError, TaskRun, WorkerError
 from .settings import Settings
 from .wasi.ctx import GuestExit, WasiConfig, WasiCtx
 from .wasi.http_exchange import HttpExchange
@@ -24,7 +24,6 @@ log = logging.getLogger("wasmhost")
 
 def load_engine(settings: Settings) -> WasmEngine:
     options = EngineOptions(
-        request_timeout=settings.request_timeout,
         profile_perfmap=(settings.profile or "").split(",", 1)[0] == "perfmap",
         cache_dir=None if settings.no_cache else (settings.cache_dir or default_cache_dir()),
     )
@@ -37,22 +36,22 @@ def load_engine(settings: Settings) -> WasmEngine:
 class HttpTask:
     """One request for the guest: runs on a worker thread inside a GuestInstance."""
 
-    __slots__ = ("req_id", "exchange", "timeout")
+    __slots__ = ("req_id", "exchange")
 
-    def __init__(self, req_id: int, exchange: HttpExchange, timeout: float) -> None:
+    def __init__(self, req_id: int, exchange: HttpExchange) -> None:
         self.req_id = req_id
         self.exchange = exchange
-        self.timeout = timeout
 
-    def run(self, instance: GuestInstance) -> None:
+    def run(self, instance: GuestInstance, run: TaskRun) -> None:
         ctx = instance.ctx
         ctx.request_id = self.req_id
         ctx.last_trap = None
+        ctx.task_run = run
         self.exchange.attach(ctx)
         request, response_out = self.exchange.guest_resources()
         error: BaseException | None = None
         try:
-            instance.handle(request, response_out, self.timeout)
+            instance.handle(request, response_out)
         except GuestTrap as exc:
             error = exc
             if isinstance(ctx.last_trap, GuestExit):
@@ -61,17 +60,18 @@ class HttpTask:
                 log.error("request %d: guest trapped (instance %d): %s", self.req_id, instance.id, exc)
             raise
         finally:
+            ctx.task_run = None
             ctx.stdout.flush()
             ctx.stderr.flush()
             self.exchange.guest_returned(error)
 
-    def timed_out(self, reason: str) -> None:
-        """The handler gave up on this task: answer the client now."""
-        self.exchange.cancel(reason)
+    def fail(self, error: BaseException) -> None:
+        """The handler gave up on this task (timeout, trap, shutdown): answer the client now."""
+        self.exchange.guest_returned(error)
 
 
-class EngineState(HandlerState):
-    """``HandlerState`` for real guests: stores are GuestInstances."""
+class EngineState:
+    """The ``HandlerState`` for real guests: a store is a WasiCtx, an instance a GuestInstance."""
 
     def __init__(self, runtime: "Runtime") -> None:
         self.runtime = runtime
@@ -82,26 +82,33 @@ class EngineState(HandlerState):
         self.max_instance_concurrent_reuse_count = settings.max_instance_concurrent_reuse_count
         self.max_instances = settings.max_instances
 
-    def new_store(self, req_id: int) -> tuple[GuestInstance, Callable[[], None] | None]:
+    def new_store(self, req_id: int | None) -> tuple[WasiCtx, Callable[[], None] | None]:
         runtime = self.runtime
         ctx = WasiCtx(runtime.wasi_config, runtime.loop, http_client=runtime.http_client)
-        return runtime.engine.instantiate(ctx), None
+        return ctx, None
 
-    def run_task(self, store: GuestInstance, task: HttpTask) -> None:
-        task.run(store)
+    def instantiate(self, store: WasiCtx, instance_pre: WasmEngine) -> GuestInstance:
+        return instance_pre.instantiate(store)
 
-    def interrupt(self, store: GuestInstance, reason: str) -> None:
-        store.poisoned = True
-        store.ctx.interrupt(reason)
+    def run_task(self, store: WasiCtx, instance: GuestInstance, task: HttpTask, run: TaskRun) -> None:
+        task.run(instance, run)
 
-    def task_timed_out(self, task: HttpTask, reason: str) -> None:
-        task.timed_out(reason)
+    def interrupt(self, store: WasiCtx, reason: str) -> None:
+        store.interrupt(reason)
 
-    def close_store(self, store: GuestInstance) -> None:
-        store.close()
+    def release(self, store: WasiCtx, instance: GuestInstance | None) -> None:
+        if instance is not None:
+            instance.close()
+        else:
+            store.close()
 
     def handle_worker_error(self, error: WorkerError) -> None:
-        log.error("%s", error)
+        if isinstance(error.error, (GuestTrap, RequestTimeoutError)):
+            # Already logged with the request id when it happened; say which instance ended.
+            log.info("instance %d dropped (requests %s): %s", error.worker_id, list(error.req_ids),
+                     str(error.error).splitlines()[0])
+        else:
+            log.error("%s", error)
 
 
 class Runtime:
@@ -143,5 +150,5 @@ class Runtime:
         if proxy is None:
             raise RuntimeError("the wasmhost app has not been started")
         req_id = proxy.next_req_id()
-        proxy.spawn(req_id, HttpTask(req_id, exchange, self.settings.request_timeout))
+        proxy.spawn(req_id, HttpTask(req_id, exchange))
         return req_id

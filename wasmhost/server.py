@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from typing import Any
 
 from aiohttp import ClientSession, web
@@ -19,7 +18,8 @@ from multidict import CIMultiDict
 
 from .runtime import Runtime
 from .settings import Settings
-from .wasi.http_exchange import GuestResponseError, HttpExchange
+from .handler import RequestTimeoutError
+from .wasi.http_exchange import GuestHttpError, GuestResponseError, GuestTrapped, HttpExchange
 from .wasi.pipe import Pipe, PipeFailed
 
 log = logging.getLogger("wasmhost.server")
@@ -105,13 +105,26 @@ async def _serve(request: web.Request) -> web.StreamResponse:
     try:
         try:
             response = await exchange.response()
-        except GuestResponseError as exc:
-            log.error("request %s: %s", req_id, exc)
-            return web.Response(status=exc.status, text=exc.public_message + "\n")
+        except GuestHttpError as exc:
+            return _error_response(req_id, exc)
         return await _send(request, response, req_id, settings)
     finally:
         if feeder is not None and not feeder.done():
             feeder.cancel()
+
+
+def _error_response(req_id: int, exc: GuestHttpError) -> web.Response:
+    """The guest produced no response: say so with a 5xx (the details go to the log)."""
+    cause = exc.error if isinstance(exc, GuestTrapped) else None
+    if isinstance(cause, RequestTimeoutError):
+        log.error("request %s: %s", req_id, cause)
+        return web.Response(status=504, text="request timed out\n")
+    if isinstance(exc, GuestResponseError):
+        log.error("request %s: guest responded with error-code %s", req_id, exc.error_code)
+    elif cause is None:
+        log.error("request %s: %s", req_id, exc)
+    # Traps were logged with their backtrace by the worker.
+    return web.Response(status=500, text="internal server error\n")
 
 
 async def _send(request: web.Request, response: Any, req_id: int, settings: Settings) -> web.StreamResponse:
@@ -173,6 +186,3 @@ def _abort(request: web.Request) -> None:
     if transport is not None:
         transport.abort() if hasattr(transport, "abort") else transport.close()
 
-
-def host_environment() -> dict[str, str]:
-    return dict(os.environ)

@@ -81,6 +81,15 @@ linker_instance_add_resource = _proto(
     c_void_p, c_void_p, c_char_p, c_size_t, c_void_p, c_void_p, c_void_p, c_void_p,
 )
 
+store_epoch_deadline_callback = _proto(
+    "wasmtime_store_epoch_deadline_callback", None, c_void_p, c_void_p, c_void_p, c_void_p,
+)
+# Epoch deadline reached: (context, data, *next_delta, *update_kind) -> error* (non-null traps)
+EPOCH_CALLBACK = ctypes.CFUNCTYPE(
+    c_size_t, c_void_p, c_void_p, ctypes.POINTER(c_uint64), ctypes.POINTER(ctypes.c_uint8),
+)
+UPDATE_DEADLINE_CONTINUE = 0
+
 # Host function trampoline: (data, context, func type, args, nargs, results, nresults) -> error*
 FUNC_CALLBACK = ctypes.CFUNCTYPE(c_size_t, c_void_p, c_void_p, c_void_p, c_void_p, c_size_t, c_void_p, c_size_t)
 # Resource destructor: (data, context, rep) -> error*

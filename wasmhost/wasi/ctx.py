@@ -110,6 +110,9 @@ class WasiCtx:
         # can tell `exit(0)` from a failure after wasmtime reports the trap.
         self.last_trap: Trap | None = None
         self.request_id: int = 0
+        # The handler's TaskRun of the request being served: blocking waits are
+        # reported through it so the worker may take another task meanwhile.
+        self.task_run: Any = None
         self.stdout = LineSink("stdout", self, stdout)
         self.stderr = LineSink("stderr", self, stderr)
         self.insecure_random = random.Random(os.urandom(16))
@@ -144,6 +147,17 @@ class WasiCtx:
         when the store is interrupted meanwhile. ``ready`` is called with the
         condition held; it must not block.
         """
+        with self.cond:
+            self.check_interrupted()
+            if ready():
+                return True
+        run = self.task_run
+        if run is None:
+            return self._wait(ready, deadline_ns)
+        with run.waiting_on_io():
+            return self._wait(ready, deadline_ns)
+
+    def _wait(self, ready: Callable[[], bool], deadline_ns: int | None) -> bool:
         with self.cond:
             while True:
                 self.check_interrupted()
