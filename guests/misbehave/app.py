@@ -1,0 +1,72 @@
+"""misbehave: guests that do what a host must survive.
+
+``/spin``
+    loops forever inside wasm (never answers; the host must interrupt it).
+``/sleep?ms=N``
+    blocks in ``wasi:io/poll#poll`` on a ``wasi:clocks/monotonic-clock``
+    ``subscribe-duration`` pollable for N milliseconds (default 100), then
+    answers ``200`` ``slept N ms\n``.
+``/trap``
+    raises a Python exception before setting any response; componentize-py
+    turns an uncaught exception into a wasm trap.
+``/late``
+    sets a ``200`` response (no content-length), writes and flushes
+    ``partial body\n``, then traps the same way.
+anything else
+    ``200`` ``text/plain`` body ``ok\n``.
+"""
+
+from urllib.parse import parse_qs, urlsplit
+
+from componentize_py_types import Ok
+from wit_world import exports
+from wit_world.imports import monotonic_clock, poll
+from wit_world.imports.types import (
+    Fields,
+    IncomingRequest,
+    OutgoingBody,
+    OutgoingResponse,
+    ResponseOutparam,
+)
+
+
+def respond_text(response_out: ResponseOutparam, text: str) -> None:
+    body = text.encode()
+    response = OutgoingResponse(Fields.from_list([
+        ("content-type", b"text/plain"),
+    ]))
+    out_body = response.body()
+    ResponseOutparam.set(response_out, Ok(response))
+    with out_body.write() as stream:
+        stream.blocking_write_and_flush(body)
+    OutgoingBody.finish(out_body, None)
+
+
+class IncomingHandler(exports.IncomingHandler):
+    def handle(self, request: IncomingRequest, response_out: ResponseOutparam) -> None:
+        url = urlsplit(request.path_with_query() or "/")
+
+        if url.path == "/spin":
+            n = 0
+            while True:
+                n += 1
+
+        elif url.path == "/sleep":
+            ms = int(parse_qs(url.query).get("ms", ["100"])[0])
+            with monotonic_clock.subscribe_duration(ms * 1_000_000) as timer:
+                poll.poll([timer])
+            respond_text(response_out, f"slept {ms} ms\n")
+
+        elif url.path == "/trap":
+            raise RuntimeError("misbehave: trap before the response")
+
+        elif url.path == "/late":
+            response = OutgoingResponse(Fields.from_list([("content-type", b"text/plain")]))
+            out_body = response.body()
+            ResponseOutparam.set(response_out, Ok(response))
+            stream = out_body.write()
+            stream.blocking_write_and_flush(b"partial body\n")
+            raise RuntimeError("misbehave: trap after the response head and part of the body")
+
+        else:
+            respond_text(response_out, "ok\n")
