@@ -100,6 +100,8 @@ def load_component(
     try:
         if isinstance(source, Path):
             data: Any = source.read_bytes()
+            if source.suffix == ".wat":
+                text, data = True, data.decode("utf-8", "replace")
         else:
             data = source
         if not text and isinstance(data, bytes) and not data.startswith(b"\0asm"):

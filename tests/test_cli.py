@@ -1,0 +1,160 @@
+"""The ``wasmhost serve`` command as a user runs it: a real process, real sockets."""
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import CACHE_DIR
+
+BAD_COMPONENTS = {
+    "not-wasm.wasm": (b"hello, I am text\n", "is not a WebAssembly file"),
+    "core-module.wasm": (b"\0asm\x01\0\0\0", "is a core WebAssembly module, not a component"),
+    "truncated.wasm": (b"\0asm\x0d\0\x01\0\x01", "is not a valid component"),
+}
+
+NO_HANDLER_WAT = """(component
+  (core module $m (func (export "f")))
+  (core instance $i (instantiate $m))
+  (func $f (canon lift (core func $i "f")))
+  (export "run" (func $f))
+)"""
+
+P3_WAT = """(component
+  (core module $m (func (export "f")))
+  (core instance $i (instantiate $m))
+  (func $f (canon lift (core func $i "f")))
+  (instance $h (export "handle" (func $f)))
+  (export "wasi:http/handler@0.3.0-rc-2025-09-16" (instance $h))
+)"""
+
+UNKNOWN_IMPORT_WAT = """(component
+  (import "example:odd/thing@1.0.0" (instance (export "f" (func))))
+  (core module $m (func (export "f")))
+  (core instance $i (instantiate $m))
+  (func $f (canon lift (core func $i "f")))
+  (instance $h (export "handle" (func $f)))
+  (export "wasi:http/incoming-handler@0.2.12" (instance $h))
+)"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "wasmhost", *args], capture_output=True, text=True, timeout=timeout,
+    )
+
+
+@pytest.mark.parametrize("name", sorted(BAD_COMPONENTS))
+def test_bad_component_file_exits_2_with_one_line(tmp_path: Path, name: str) -> None:
+    data, message = BAD_COMPONENTS[name]
+    path = tmp_path / name
+    path.write_bytes(data)
+    port = free_port()
+    result = run_cli("serve", str(path), "--addr", f"127.0.0.1:{port}", "--no-cache")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("wasmhost: error: ") and message in lines[0]
+    assert "Serving" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("wat", "message"),
+    [
+        (NO_HANDLER_WAT, "does not export wasi:http/incoming-handler@0.2.x"),
+        (P3_WAT, "wasi:http 0.3 components are not supported"),
+        (UNKNOWN_IMPORT_WAT, "imports example:odd/thing@1.0.0, which wasmhost does not provide"),
+    ],
+)
+def test_unservable_components_exit_2(tmp_path: Path, wat: str, message: str) -> None:
+    path = tmp_path / "c.wat"
+    path.write_text(wat)
+    result = run_cli("serve", str(path), "--addr", f"127.0.0.1:{free_port()}", "--no-cache")
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+
+
+def test_missing_file_and_bad_flags_exit_2(tmp_path: Path) -> None:
+    result = run_cli("serve", str(tmp_path / "nope.wasm"))
+    assert result.returncode == 2 and "cannot read" in result.stderr
+    result = run_cli("serve", "--idle-instance-timeout", "soon")
+    assert result.returncode == 2 and "invalid duration" in result.stderr
+    result = run_cli("serve", "--max-instance-reuse-count", "0")
+    assert result.returncode == 2 and "max-instance-reuse-count" in result.stderr
+
+
+class Server:
+    """A `wasmhost serve` process on a free loopback port."""
+
+    def __init__(self, *args: str) -> None:
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "wasmhost", "serve", *args, "--addr", f"127.0.0.1:{self.port}",
+             "--cache-dir", str(CACHE_DIR)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(self.proc.stderr.read() if self.proc.stderr else "server died")
+                time.sleep(0.05)
+        raise TimeoutError("server did not start")
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=30) as resp:
+            return resp.status, resp.read()
+
+    def stop(self) -> tuple[str, str]:
+        self.proc.terminate()
+        out, err = self.proc.communicate(timeout=30)
+        return out, err
+
+
+def test_guest_output_is_prefixed_per_request(guest) -> None:
+    server = Server(str(guest("log")))
+    try:
+        assert server.get("/first") == (200, b"logged\n")
+    finally:
+        out, err = server.stop()
+    # Request ids count from 0, as in wasmtime serve.
+    assert "stdout [0] :: log: stdout line 1 GET /first\n" in out
+    assert "stdout [0] :: log: stdout line 2\n" in out
+    # A partial line is flushed, prefixed, when the request ends.
+    assert "stdout [0] :: log: stdout partial\n" in out
+    assert "stderr [0] :: log: stderr line 1\n" in err
+    assert "stderr [0] :: log: stderr partial\n" in err
+
+
+def test_no_logging_prefix(guest) -> None:
+    server = Server(str(guest("log")), "--no-logging-prefix")
+    try:
+        server.get("/x")
+    finally:
+        out, _ = server.stop()
+    assert "log: stdout line 1 GET /x\n" in out
+    assert "::" not in out
+
+
+def test_demo_serves_from_the_command_line() -> None:
+    server = Server()
+    try:
+        status, body = server.get("/")
+    finally:
+        _, err = server.stop()
+    assert status == 200 and b"Hello from wasmhost!" in body
+    assert f"Serving HTTP on http://127.0.0.1:{server.port}/" in err
