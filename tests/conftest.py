@@ -2,7 +2,12 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
@@ -48,3 +53,52 @@ async def serve(aiohttp_client: Any) -> Serve:
         return await aiohttp_client(TestServer(app, host="127.0.0.1"))
 
     return start
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ProcessServer:
+    """A server process (wasmhost or the reference `wasmtime serve`) on a loopback port."""
+
+    def __init__(self, cmd: list[str], port: int, startup_timeout: float = 120) -> None:
+        self.port = port
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + startup_timeout
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                return
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(self.proc.stderr.read() if self.proc.stderr else "server died")
+                time.sleep(0.05)
+        self.proc.kill()
+        raise TimeoutError(f"{cmd[0]} did not start listening")
+
+    def request(
+        self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None,
+    ) -> tuple[int, dict[str, str], bytes]:
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}{path}", data=body, method=method, headers=headers or {},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+        except urllib.error.HTTPError as err:
+            return err.code, {k.lower(): v for k, v in err.headers.items()}, err.read()
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        status, _, body = self.request("GET", path)
+        return status, body
+
+    def stop(self) -> tuple[str, str]:
+        self.proc.terminate()
+        try:
+            return self.proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.communicate()

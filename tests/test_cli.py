@@ -1,16 +1,13 @@
 """The ``wasmhost serve`` command as a user runs it: a real process, real sockets."""
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import CACHE_DIR
+from tests.conftest import CACHE_DIR, ProcessServer, free_port
 
 BAD_COMPONENTS = {
     "not-wasm.wasm": (b"hello, I am text\n", "is not a WebAssembly file"),
@@ -41,12 +38,6 @@ UNKNOWN_IMPORT_WAT = """(component
   (instance $h (export "handle" (func $f)))
   (export "wasi:http/incoming-handler@0.2.12" (instance $h))
 )"""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -94,35 +85,16 @@ def test_missing_file_and_bad_flags_exit_2(tmp_path: Path) -> None:
     assert result.returncode == 2 and "max-instance-reuse-count" in result.stderr
 
 
-class Server:
+class Server(ProcessServer):
     """A `wasmhost serve` process on a free loopback port."""
 
     def __init__(self, *args: str) -> None:
-        self.port = free_port()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "wasmhost", "serve", *args, "--addr", f"127.0.0.1:{self.port}",
+        port = free_port()
+        super().__init__(
+            [sys.executable, "-m", "wasmhost", "serve", *args, "--addr", f"127.0.0.1:{port}",
              "--cache-dir", str(CACHE_DIR)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            port,
         )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(self.proc.stderr.read() if self.proc.stderr else "server died")
-                time.sleep(0.05)
-        raise TimeoutError("server did not start")
-
-    def get(self, path: str) -> tuple[int, bytes]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=30) as resp:
-            return resp.status, resp.read()
-
-    def stop(self) -> tuple[str, str]:
-        self.proc.terminate()
-        out, err = self.proc.communicate(timeout=30)
-        return out, err
 
 
 def test_guest_output_is_prefixed_per_request(guest) -> None:
