@@ -212,7 +212,8 @@ class WasmEngine:
         kind[0] = capi.UPDATE_DEADLINE_CONTINUE
         return 0
 
-    def instantiate(self, ctx: WasiCtx) -> "GuestInstance":
+    def instantiate(self, ctx: WasiCtx, profile: Any = None) -> "GuestInstance":
+        """A new store and instance for ``ctx``; ``profile`` (a ProfileRecorder) times it."""
         with self._ids_lock:
             self._instance_ids += 1
             instance_id = self._instance_ids
@@ -220,7 +221,8 @@ class WasmEngine:
         capi.store_epoch_deadline_callback(store.ptr(), self._on_epoch, None, capi.keep_data)
         store.set_epoch_deadline(1)
         binding = self.host.bind_store(store, ctx)
-        started = time.perf_counter()
+        binding.profile = profile
+        started = time.perf_counter_ns()
         try:
             instance = self.linker.instantiate(store, self.component)
             func = instance.get_func(store, self._handle_index)
@@ -230,7 +232,10 @@ class WasmEngine:
         if func is None:
             self.host.unbind_store(binding)
             raise GuestTrap("the instance has no handle function")
-        return GuestInstance(self, instance_id, store, binding, func._func, time.perf_counter() - started)
+        finished = time.perf_counter_ns()
+        if profile is not None:
+            profile.instantiated(started, finished)
+        return GuestInstance(self, instance_id, store, binding, func._func, (finished - started) / 1e9)
 
 
 class GuestInstance:
@@ -255,6 +260,9 @@ class GuestInstance:
         """Call ``handle(request, response-out)``; raise GuestTrap if the guest traps."""
         self.requests_served += 1
         binding = self.binding
+        profile = binding.profile
+        if profile is not None:
+            profile.request_started(self.ctx.request_id)
         args = ctypes.addressof(self._args)
         second = args + capi.VAL_SIZE
         capi.write_u8(args, capi.K_RESOURCE)
@@ -266,9 +274,12 @@ class GuestInstance:
         finally:
             capi.resource_any_delete(capi.read_u64(args + capi.PAYLOAD))
             capi.resource_any_delete(capi.read_u64(second + capi.PAYLOAD))
-        if error:
+        message = _error_text(error) if error else None
+        if profile is not None:
+            profile.request_finished(message.splitlines()[0] if message else None)
+        if message is not None:
             self.poisoned = True
-            raise GuestTrap(_error_text(error))
+            raise GuestTrap(message)
 
     def close(self) -> None:
         self.engine.host.unbind_store(self.binding)

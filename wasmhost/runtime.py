@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from .engine import EngineOptions, GuestInstance, GuestTrap, WasmEngine, default_cache_dir
 from .handler import ProxyHandler, RequestTimeoutError, TaskRun, WorkerError
+from .profile import guest_profiler
 from .settings import Settings
 from .wasi.ctx import GuestExit, WasiConfig, WasiCtx
 from .wasi.http_exchange import HttpExchange
@@ -85,10 +86,14 @@ class EngineState:
     def new_store(self, req_id: int | None) -> tuple[WasiCtx, Callable[[], None] | None]:
         runtime = self.runtime
         ctx = WasiCtx(runtime.wasi_config, runtime.loop, http_client=runtime.http_client)
-        return ctx, None
+        if runtime.profiler is None:
+            return ctx, None
+        recorder = runtime.profiler.recorder()
+        ctx.extras["profile"] = recorder
+        return ctx, recorder.write
 
     def instantiate(self, store: WasiCtx, instance_pre: WasmEngine) -> GuestInstance:
-        return instance_pre.instantiate(store)
+        return instance_pre.instantiate(store, store.extras.get("profile"))
 
     def run_task(self, store: WasiCtx, instance: GuestInstance, task: HttpTask, run: TaskRun) -> None:
         task.run(instance, run)
@@ -123,6 +128,7 @@ class Runtime:
             logging_prefix=not settings.no_logging_prefix,
         )
         self.header_overrides = settings.header_overrides()
+        self.profiler = guest_profiler(settings.profile)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.http_client: Any = None
         self.proxy: ProxyHandler | None = None

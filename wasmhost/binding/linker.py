@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import traceback
+from time import perf_counter_ns
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
@@ -171,12 +172,17 @@ class HostLinker:
         try:
             sb = self.stores[ctx_ptr]
             pyargs = [lift(args + i * VAL_SIZE, sb) for i, lift in enumerate(bound.lifters)]
+            profile = sb.profile
+            started = perf_counter_ns() if profile is not None else 0
             try:
                 value = bound.fn(sb.ctx, *pyargs)
             except Err as err:
                 if not bound.returns_result:
                     raise
                 value = err
+            finally:
+                if profile is not None:
+                    profile.host_call(bound.qualified_name, started, perf_counter_ns())
             if bound.lower_return is not None:
                 try:
                     bound.lower_return(value, results, sb)

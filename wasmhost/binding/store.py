@@ -20,13 +20,15 @@ class StoreBinding:
     """Everything the host-call trampolines need for one wasmtime Store."""
 
     __slots__ = (
-        "ctx", "ctx_ptr", "table", "_out_ptr", "_lift_stage", "_lower_stage",
+        "ctx", "ctx_ptr", "table", "profile", "_out_ptr", "_lift_stage", "_lower_stage",
     )
 
     def __init__(self, ctx: WasiCtx, ctx_ptr: int) -> None:
         self.ctx = ctx
         self.ctx_ptr = ctx_ptr
         self.table = ResourceTable()
+        # A ProfileRecorder when --profile guest is on: host calls are timed.
+        self.profile: Any = None
         self._out_ptr = ctypes.c_void_p()
         self._lift_stage = bytearray()
         # Pre-filled with the u8 kind tag every 32 bytes (see lower_bytes).
