@@ -13,7 +13,7 @@ import asyncio
 import logging
 from typing import Any
 
-from aiohttp import ClientSession, web
+from aiohttp import ClientSession, DummyCookieJar, web
 from multidict import CIMultiDict
 
 from .runtime import Runtime
@@ -48,7 +48,8 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
 
 async def _start(app: web.Application) -> None:
     runtime = app[RUNTIME_KEY]
-    session = ClientSession(auto_decompress=False)
+    # A cookie jar would carry cookies from one guest's outgoing requests to another's.
+    session = ClientSession(auto_decompress=False, cookie_jar=DummyCookieJar())
     await runtime.start(asyncio.get_running_loop(), session)
 
 

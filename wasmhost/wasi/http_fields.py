@@ -1,0 +1,228 @@
+"""wasi:http/types ``fields`` (headers and trailers).
+
+Fields keep their entries as ``(name, value)`` pairs in insertion order, with
+repeated names as separate entries and names in their original casing (the
+WIT says ``entries`` returns "the original casing"); names match
+case-insensitively. Values are ``bytes``.
+
+Rules, as ``wasmtime serve`` applies them by default:
+
+* names must be RFC 9110 tokens, values RFC 9110 ``field-value``s (visible
+  ASCII, obs-text, inner SP/HTAB; no CR, LF, NUL or other controls, no
+  leading/trailing whitespace); ``content-length`` values must be ``1*DIGIT``.
+  Violations give ``header-error.invalid-syntax``;
+* the hop-by-hop names in :data:`FORBIDDEN_HEADERS` give ``forbidden`` and
+  are dropped from fields received from a peer;
+* fields handed to a request/response, or obtained from one, are immutable
+  (``immutable``); ``clone`` gives a mutable copy;
+* one fields value holds at most :data:`FIELDS_SIZE_LIMIT` bytes (growing past
+  it traps, as in wasmtime: a guest cannot exhaust host memory through it).
+"""
+from __future__ import annotations
+
+import re
+from typing import Iterable
+
+from .ctx import WasiCtx
+from .http_interface import types_interface
+from .interface import Case, Err, HostInterface, HostResource, Trap
+
+INTERFACES: tuple[HostInterface, ...] = ()
+
+# wasmtime's DEFAULT_FORBIDDEN_HEADERS: connection management belongs to the host.
+FORBIDDEN_HEADERS: frozenset[str] = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
+    "proxy-connection", "transfer-encoding", "upgrade", "host", "http2-settings",
+})
+
+FIELDS_SIZE_LIMIT = 128 * 1024
+# Accounted per entry on top of name and value, so empty values still cost something.
+_ENTRY_OVERHEAD = 32
+
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_FIELD_VALUE = re.compile(rb"(?:[\x21-\x7e\x80-\xff](?:[\t\x20-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?)?")
+_DIGITS = re.compile(rb"[0-9]+")
+
+INVALID_SYNTAX = Case("invalid-syntax")
+FORBIDDEN = Case("forbidden")
+IMMUTABLE = Case("immutable")
+
+Entries = list[tuple[str, bytes]]
+
+
+def valid_field_name(name: str) -> bool:
+    return _TOKEN.fullmatch(name) is not None
+
+
+def valid_field_value(name_lower: str, value: bytes) -> bool:
+    if name_lower == "content-length":
+        return _DIGITS.fullmatch(value) is not None
+    return _FIELD_VALUE.fullmatch(value) is not None
+
+
+def _entry_size(name: str, value: bytes) -> int:
+    return len(name) + len(value) + _ENTRY_OVERHEAD
+
+
+@types_interface.resource("fields")
+class Fields(HostResource):
+    """A ``fields`` value; ``mutable`` is False once it belongs to a message."""
+
+    __slots__ = ("_entries", "mutable", "_size")
+
+    def __init__(self, entries: Entries | None = None, *, mutable: bool = True) -> None:
+        # Immutable fields may share this list with other immutable views.
+        self._entries: Entries = entries if entries is not None else []
+        self.mutable = mutable
+        self._size = sum(_entry_size(n, v) for n, v in self._entries)
+
+    @classmethod
+    def received(cls, entries: Iterable[tuple[str, bytes]]) -> Fields:
+        """Immutable fields from an HTTP peer; forbidden (hop-by-hop) names are dropped."""
+        return cls(
+            [(name, bytes(value)) for name, value in entries if name.lower() not in FORBIDDEN_HEADERS],
+            mutable=False,
+        )
+
+    def view(self) -> Fields:
+        """A new immutable handle on the same entries (``headers()`` getters)."""
+        return Fields(self._entries, mutable=False)
+
+    def freeze(self) -> None:
+        self.mutable = False
+
+    def copy(self) -> Fields:
+        return Fields(list(self._entries), mutable=True)
+
+    def entries(self) -> Entries:
+        return list(self._entries)
+
+    def get(self, name: str) -> list[bytes]:
+        if not valid_field_name(name):
+            return []
+        key = name.lower()
+        return [value for n, value in self._entries if n.lower() == key]
+
+    def has(self, name: str) -> bool:
+        if not valid_field_name(name):
+            return False
+        key = name.lower()
+        return any(n.lower() == key for n, _ in self._entries)
+
+    def content_length(self) -> int | None:
+        """The declared ``content-length`` or None; ValueError when invalid or conflicting."""
+        values = set(self.get("content-length"))
+        if not values:
+            return None
+        if len(values) > 1:
+            raise ValueError("conflicting content-length values")
+        value = values.pop()
+        if _DIGITS.fullmatch(value) is None:
+            raise ValueError(f"invalid content-length {value!r}")
+        return int(value)
+
+    # -- mutation (checks in wasmtime's order, so guests see the same error) ----------
+    def _key(self, name: str) -> str:
+        if not valid_field_name(name):
+            raise Err(INVALID_SYNTAX)
+        key = name.lower()
+        if key in FORBIDDEN_HEADERS:
+            raise Err(FORBIDDEN)
+        return key
+
+    def _check_mutable(self) -> None:
+        if not self.mutable:
+            raise Err(IMMUTABLE)
+
+    def _replace(self, entries: Entries) -> None:
+        size = sum(_entry_size(n, v) for n, v in entries)
+        if size > FIELDS_SIZE_LIMIT:
+            raise Trap(f"fields exceed the {FIELDS_SIZE_LIMIT}-byte limit")
+        self._entries = entries
+        self._size = size
+
+    def set(self, name: str, values: list[bytes]) -> None:
+        key = self._key(name)
+        self._check_mutable()
+        new_values = [bytes(v) for v in values]
+        if not all(valid_field_value(key, v) for v in new_values):
+            raise Err(INVALID_SYNTAX)
+        # The new values take the place of the first old one (serialization order).
+        kept: Entries = []
+        position: int | None = None
+        for entry in self._entries:
+            if entry[0].lower() == key:
+                if position is None:
+                    position = len(kept)
+            else:
+                kept.append(entry)
+        if position is None:
+            position = len(kept)
+        self._replace(kept[:position] + [(name, v) for v in new_values] + kept[position:])
+
+    def delete(self, name: str) -> None:
+        key = self._key(name)
+        self._check_mutable()
+        self._replace([entry for entry in self._entries if entry[0].lower() != key])
+
+    def append(self, name: str, value: bytes) -> None:
+        key = self._key(name)
+        value = bytes(value)
+        if not valid_field_value(key, value):
+            raise Err(INVALID_SYNTAX)
+        self._check_mutable()
+        size = self._size + _entry_size(name, value)
+        if size > FIELDS_SIZE_LIMIT:
+            raise Trap(f"fields exceed the {FIELDS_SIZE_LIMIT}-byte limit")
+        self._entries.append((name, value))
+        self._size = size
+
+
+# -- wasi:http/types fields functions ------------------------------------------------
+
+@types_interface.func("[constructor]fields")
+def fields_new(ctx: WasiCtx) -> Fields:
+    return Fields()
+
+
+@types_interface.func("[static]fields.from-list")
+def fields_from_list(ctx: WasiCtx, entries: list[tuple[str, bytes]]) -> Fields:
+    fields = Fields()
+    for name, value in entries:
+        fields.append(name, value)  # raises Err(header-error) on the first bad entry
+    return fields
+
+
+@types_interface.func("[method]fields.get")
+def fields_get(ctx: WasiCtx, self: Fields, name: str) -> list[bytes]:
+    return self.get(name)
+
+
+@types_interface.func("[method]fields.has")
+def fields_has(ctx: WasiCtx, self: Fields, name: str) -> bool:
+    return self.has(name)
+
+
+@types_interface.func("[method]fields.set")
+def fields_set(ctx: WasiCtx, self: Fields, name: str, value: list[bytes]) -> None:
+    self.set(name, value)
+
+
+@types_interface.func("[method]fields.delete")
+def fields_delete(ctx: WasiCtx, self: Fields, name: str) -> None:
+    self.delete(name)
+
+
+@types_interface.func("[method]fields.append")
+def fields_append(ctx: WasiCtx, self: Fields, name: str, value: bytes) -> None:
+    self.append(name, value)
+
+
+@types_interface.func("[method]fields.entries")
+def fields_entries(ctx: WasiCtx, self: Fields) -> list[tuple[str, bytes]]:
+    return self.entries()
+
+
+@types_interface.func("[method]fields.clone")
+def fields_clone(ctx: WasiCtx, self: Fields) -> Fields:
+    return self.copy()
