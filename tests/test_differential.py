@@ -38,6 +38,18 @@ REQUESTS: dict[str, list[tuple[str, str, bytes | None, dict[str, str]]]] = {
         ("GET", "/status/abc", None, {}),
     ],
     "counter": [("GET", "/", None, {}), ("GET", "/", None, {})],
+    # A guest written as a user would, not tuned for wasmhost (guests/todo).
+    "todo": [
+        ("GET", "/todos", None, {}),
+        ("POST", "/todos", b'{"title": "write tests"}', {"content-type": "application/json"}),
+        ("POST", "/todos", b"not json", {}),
+        ("GET", "/todos/1", None, {}),
+        ("GET", "/todos/99", None, {}),
+        ("DELETE", "/todos/1", None, {}),
+        ("PUT", "/todos/1", b"{}", {}),
+        ("GET", "/nowhere", None, {}),
+        ("GET", "/env", None, {}),
+    ],
     "misbehave": [("GET", "/trap", None, {}), ("GET", "/", None, {}), ("GET", "/sleep?ms=20", None, {})],
 }
 

@@ -226,3 +226,18 @@ async def test_demo_text_ships_in_the_package() -> None:
     assert text.lstrip().startswith(";;") or "(component" in text
     assert "wasi:http/incoming-handler@0.2" in text
     assert Path(__file__).parent.parent.joinpath("wasmhost", "demo.wat").exists()
+
+
+async def test_user_written_guest_with_env(serve, guest) -> None:
+    client = await serve(guest("todo"), env=["GREETING=hello there", "WASMHOST_TEST_UNSET_VAR"],
+                         max_instances=1)
+    assert await (await client.get("/env")).json() == {"GREETING": "hello there"}
+    created = await client.post("/todos", json={"title": "ship it"})
+    assert created.status == 201
+    item = await created.json()
+    # One instance (max_instances=1) keeps its module state across requests.
+    fetched = await client.get(f"/todos/{item['id']}")
+    assert await fetched.json() == item
+    assert (await client.post("/todos", data=b"{")).status == 400
+    assert (await client.delete(f"/todos/{item['id']}")).status == 204
+    assert (await (await client.get("/todos")).json())["count"] == 0

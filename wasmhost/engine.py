@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from wasmtime import Config, Engine, Store, WasmtimeError
 from wasmtime import component as wc
@@ -138,9 +138,10 @@ def find_incoming_handler(engine: Engine, component: wc.Component) -> str:
 class EpochTicker:
     """Advances the engine's epoch every ``tick`` seconds so store deadlines fire."""
 
-    def __init__(self, engine: Engine, tick: float) -> None:
+    def __init__(self, engine: Engine, tick: float, on_tick: Callable[[], None] | None = None) -> None:
         self.engine = engine
         self.tick = tick
+        self.on_tick = on_tick
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -152,6 +153,8 @@ class EpochTicker:
     def _run(self) -> None:
         while not self._stop.wait(self.tick):
             self.engine.increment_epoch()
+            if self.on_tick is not None:
+                self.on_tick()
 
     def stop(self) -> None:
         self._stop.set()
@@ -187,7 +190,7 @@ class WasmEngine:
         self._handle_index = handle
         self._request_type = self.host.resource_type_id("incoming-request")
         self._outparam_type = self.host.resource_type_id("response-outparam")
-        self.ticker = EpochTicker(self.engine, options.epoch_tick)
+        self.ticker = EpochTicker(self.engine, options.epoch_tick, self._flush_wakeups)
         self._on_epoch = capi.EPOCH_CALLBACK(self._epoch_reached)
         self._instance_ids = 0
         self._ids_lock = threading.Lock()
@@ -197,6 +200,13 @@ class WasmEngine:
 
     def stop(self) -> None:
         self.ticker.stop()
+
+    def _flush_wakeups(self) -> None:
+        """Deliver loop wake-ups a busy guest has been holding for a tick."""
+        for binding in list(self.host.stores.values()):
+            batch = binding.ctx.wake_batch
+            if batch is not None:
+                batch.flush()
 
     def _epoch_reached(self, ctx_ptr: int, _data: int, delta: Any, kind: Any) -> int:
         """Every epoch tick while a store runs wasm: trap it once it is interrupted.

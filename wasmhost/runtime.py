@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 from importlib import resources
 from typing import Any, Callable
 
@@ -19,6 +20,7 @@ from .profile import guest_profiler
 from .settings import Settings
 from .wasi.ctx import GuestExit, WasiConfig, WasiCtx
 from .wasi.http_exchange import HttpExchange
+from .wasi.wakeups import deferred_wakeups
 
 log = logging.getLogger("wasmhost")
 
@@ -51,8 +53,10 @@ class HttpTask:
         self.exchange.attach(ctx)
         request, response_out = self.exchange.guest_resources()
         error: BaseException | None = None
+        ctx.acquire_cpu_slot()
         try:
-            instance.handle(request, response_out)
+            with deferred_wakeups(ctx.wake_batch):
+                instance.handle(request, response_out)
         except GuestTrap as exc:
             error = exc
             if isinstance(ctx.last_trap, GuestExit):
@@ -61,6 +65,7 @@ class HttpTask:
                 log.error("request %d: guest trapped (instance %d): %s", self.req_id, instance.id, exc)
             raise
         finally:
+            ctx.release_cpu_slot()
             ctx.task_run = None
             ctx.stdout.flush()
             ctx.stderr.flush()
@@ -86,6 +91,7 @@ class EngineState:
     def new_store(self, req_id: int | None) -> tuple[WasiCtx, Callable[[], None] | None]:
         runtime = self.runtime
         ctx = WasiCtx(runtime.wasi_config, runtime.loop, http_client=runtime.http_client)
+        ctx.cpu_slots = runtime.cpu_slots
         if runtime.profiler is None:
             return ctx, None
         recorder = runtime.profiler.recorder()
@@ -129,6 +135,8 @@ class Runtime:
         )
         self.header_overrides = settings.header_overrides()
         self.profiler = guest_profiler(settings.profile)
+        slots = int(os.environ.get("WASMHOST_CPU_SLOTS", os.cpu_count() or 1))
+        self.cpu_slots = threading.BoundedSemaphore(slots) if slots > 0 else None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.http_client: Any = None
         self.proxy: ProxyHandler | None = None

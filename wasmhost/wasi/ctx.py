@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Callable
 
 from .interface import Trap
+from .wakeups import WakeBatch
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,11 @@ class WasiCtx:
         # The handler's TaskRun of the request being served: blocking waits are
         # reported through it so the worker may take another task meanwhile.
         self.task_run: Any = None
+        # Bounds how many stores run wasm or host code at once (shared by all
+        # stores of a server); a store gives its slot up while it blocks.
+        self.cpu_slots: threading.Semaphore | None = None
+        # Loop wake-ups this store's requests cause, delivered together.
+        self.wake_batch = WakeBatch(loop) if loop is not None else None
         self.stdout = LineSink("stdout", self, stdout)
         self.stderr = LineSink("stderr", self, stderr)
         self.insecure_random = random.Random(os.urandom(16))
@@ -151,11 +157,36 @@ class WasiCtx:
             self.check_interrupted()
             if ready():
                 return True
+        if self.wake_batch is not None:
+            self.wake_batch.flush()  # whoever we wait for may need what we queued
         run = self.task_run
-        if run is None:
-            return self._wait(ready, deadline_ns)
-        with run.waiting_on_io():
-            return self._wait(ready, deadline_ns)
+        slots = self.cpu_slots
+        if slots is not None:
+            slots.release()
+        try:
+            if run is None:
+                return self._wait(ready, deadline_ns)
+            with run.waiting_on_io():
+                return self._wait(ready, deadline_ns)
+        finally:
+            if slots is not None:
+                self.acquire_cpu_slot()
+
+    def acquire_cpu_slot(self) -> None:
+        """Wait for a CPU slot (if slots are bounded), giving up if interrupted."""
+        slots = self.cpu_slots
+        if slots is None:
+            return
+        while not slots.acquire(timeout=0.05):
+            if self.interrupted is not None:
+                # Proceed without waiting: the caller traps right away.
+                slots.release()
+                slots.acquire()
+                return
+
+    def release_cpu_slot(self) -> None:
+        if self.cpu_slots is not None:
+            self.cpu_slots.release()
 
     def _wait(self, ready: Callable[[], bool], deadline_ns: int | None) -> bool:
         with self.cond:

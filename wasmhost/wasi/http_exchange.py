@@ -61,6 +61,7 @@ from .http_outgoing import cancel_in_flight
 from .http_types import IncomingRequest, OutgoingResponse, ResponseOutparam, method_case, scheme_case
 from .interface import Case, HostInterface
 from .pipe import Pipe
+from .wakeups import call_soon_threadsafe
 
 INTERFACES: tuple[HostInterface, ...] = ()
 
@@ -179,7 +180,7 @@ class HttpExchange:
             if self._settled:
                 return
             self._settled = True
-        self.loop.call_soon_threadsafe(self._complete, outcome)
+        call_soon_threadsafe(self.loop, self._complete, outcome)
 
     # -- loop side ---------------------------------------------------------------------
     def _complete(self, outcome: Union[GuestResponse, BaseException]) -> None:

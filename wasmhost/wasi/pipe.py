@@ -26,6 +26,8 @@ import threading
 from collections import deque
 from typing import Callable
 
+from .wakeups import call_soon_threadsafe
+
 
 class PipeClosed(Exception):
     """The pipe ended normally (reader side: end of data)."""
@@ -66,7 +68,7 @@ class Pipe:
         waiter = self._loop_waiter
         if waiter is not None:
             self._loop_waiter = None
-            self._loop.call_soon_threadsafe(_resolve, waiter)
+            call_soon_threadsafe(self._loop, _resolve, waiter)
 
     def _wake_worker(self) -> None:
         """Called after releasing the lock: wake a worker waiting on this pipe."""
