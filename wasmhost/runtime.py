@@ -47,6 +47,13 @@ class HttpTask:
 
     def run(self, instance: GuestInstance, run: TaskRun) -> None:
         ctx = instance.ctx
+        # The response reaches the loop when this block ends, i.e. after the
+        # request's cleanup: a client that sends its next request at once then
+        # finds this instance (nearly) free instead of starting another one.
+        with deferred_wakeups(ctx.wake_batch):
+            self._run(instance, ctx, run)
+
+    def _run(self, instance: GuestInstance, ctx: WasiCtx, run: TaskRun) -> None:
         ctx.request_id = self.req_id
         ctx.last_trap = None
         ctx.task_run = run
@@ -55,8 +62,7 @@ class HttpTask:
         error: BaseException | None = None
         ctx.acquire_cpu_slot()
         try:
-            with deferred_wakeups(ctx.wake_batch):
-                instance.handle(request, response_out)
+            instance.handle(request, response_out)
         except GuestTrap as exc:
             error = exc
             if isinstance(ctx.last_trap, GuestExit):

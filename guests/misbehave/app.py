@@ -12,6 +12,8 @@
 ``/late``
     sets a ``200`` response (no content-length), writes and flushes
     ``partial body\n``, then traps the same way.
+``/count``
+    a per-instance request counter (``N\n``), to tell instances apart.
 anything else
     ``200`` ``text/plain`` body ``ok\n``.
 """
@@ -28,6 +30,10 @@ from wit_world.imports.types import (
     OutgoingResponse,
     ResponseOutparam,
 )
+
+
+# Requests to /count served by this instance.
+SERVED = [0]
 
 
 def respond_text(response_out: ResponseOutparam, text: str) -> None:
@@ -67,6 +73,10 @@ class IncomingHandler(exports.IncomingHandler):
             stream = out_body.write()
             stream.blocking_write_and_flush(b"partial body\n")
             raise RuntimeError("misbehave: trap after the response head and part of the body")
+
+        elif url.path == "/count":
+            SERVED[0] += 1
+            respond_text(response_out, f"{SERVED[0]}\n")
 
         else:
             respond_text(response_out, "ok\n")

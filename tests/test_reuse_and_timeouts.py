@@ -1,0 +1,108 @@
+"""Instance reuse, limits and timeouts with real guests over real HTTP."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+pytestmark = pytest.mark.asyncio
+
+TIMEOUT = 0.5
+
+
+async def count(client) -> int:
+    resp = await client.get("/count")
+    assert resp.status == 200
+    return int(await resp.text())
+
+
+async def test_reuse_limit_replaces_the_instance(serve, guest) -> None:
+    client = await serve(guest("misbehave"), max_instance_reuse_count=3, max_instances=1)
+    counts = [await count(client) for _ in range(7)]
+    assert counts == [1, 2, 3, 1, 2, 3, 1]
+
+
+async def test_idle_instance_expires(serve, guest) -> None:
+    client = await serve(guest("misbehave"), idle_instance_timeout="150ms", max_instances=1)
+    assert [await count(client), await count(client)] == [1, 2]
+    await asyncio.sleep(0.6)
+    assert await count(client) == 1
+
+
+async def test_spinning_guest_is_stopped_between_1x_and_2x_while_others_succeed(serve, guest) -> None:
+    client = await serve(guest("misbehave"), request_timeout=f"{int(TIMEOUT * 1000)}ms")
+    started = time.monotonic()
+    spin = asyncio.ensure_future(client.get("/spin"))
+    # Healthy requests keep being served while the spinning one burns its instance.
+    for _ in range(5):
+        ok = await client.get("/")
+        assert ok.status == 200 and await ok.text() == "ok\n"
+    resp = await spin
+    elapsed = time.monotonic() - started
+    assert resp.status == 504
+    assert TIMEOUT * 0.9 <= elapsed <= TIMEOUT * 2 + 0.5, elapsed
+    assert (await client.get("/")).status == 200
+
+
+async def test_guest_blocked_in_poll_is_stopped(serve, guest) -> None:
+    client = await serve(guest("misbehave"), request_timeout=f"{int(TIMEOUT * 1000)}ms")
+    started = time.monotonic()
+    resp = await client.get("/sleep?ms=60000")
+    elapsed = time.monotonic() - started
+    assert resp.status == 504
+    assert TIMEOUT * 0.9 <= elapsed <= TIMEOUT * 2 + 0.5, elapsed
+    assert (await client.get("/sleep?ms=10")).status == 200
+
+
+async def test_guest_waiting_for_the_request_body_is_stopped(serve, guest) -> None:
+    client = await serve(guest("echo"), request_timeout=f"{int(TIMEOUT * 1000)}ms")
+    never_done = asyncio.Event()
+
+    async def stalled_upload():
+        yield b"first part\n"
+        await never_done.wait()
+
+    started = time.monotonic()
+    upload = asyncio.ensure_future(client.post("/", data=stalled_upload()))
+    resp = await asyncio.wait_for(upload, 10)
+    # The guest already sent its head (it echoes as it reads), so the body is cut off.
+    if resp.status == 200:
+        with pytest.raises(Exception):
+            await resp.read()
+    else:
+        assert resp.status == 504
+    assert time.monotonic() - started <= TIMEOUT * 2 + 1.0
+    never_done.set()
+
+
+async def test_trapped_instance_is_never_reused(serve, guest) -> None:
+    client = await serve(guest("misbehave"), max_instances=1)
+    assert [await count(client), await count(client)] == [1, 2]
+    assert (await client.get("/trap")).status == 500
+    assert await count(client) == 1  # a fresh instance
+
+
+async def test_timed_out_instance_is_never_reused(serve, guest) -> None:
+    client = await serve(guest("misbehave"), max_instances=1, request_timeout="300ms")
+    assert await count(client) == 1
+    assert (await client.get("/spin")).status == 504
+    assert await count(client) == 1
+
+
+async def test_max_instances_queues_requests(serve, guest) -> None:
+    client = await serve(guest("misbehave"), max_instances=1)
+    started = time.monotonic()
+    replies = await asyncio.gather(*(client.get("/sleep?ms=150") for _ in range(3)))
+    assert all(r.status == 200 for r in replies)
+    # One instance serves them one after another.
+    assert time.monotonic() - started >= 0.45
+    assert await count(client) == 1
+
+
+async def test_concurrent_requests_use_several_instances(serve, guest) -> None:
+    client = await serve(guest("misbehave"))
+    started = time.monotonic()
+    replies = await asyncio.gather(*(client.get("/sleep?ms=300") for _ in range(4)))
+    assert all(r.status == 200 for r in replies)
+    assert time.monotonic() - started < 1.0  # in parallel, not 4 x 300 ms
