@@ -171,7 +171,17 @@ class HostLinker:
         bound = self.functions[data - 1]
         try:
             sb = self.stores[ctx_ptr]
-            pyargs = [lift(args + i * VAL_SIZE, sb) for i, lift in enumerate(bound.lifters)]
+            lifters = bound.lifters
+            # Unrolled for the common arities: this runs on every host call.
+            arity = len(lifters)
+            if arity == 1:
+                pyargs: Any = (lifters[0](args, sb),)
+            elif arity == 2:
+                pyargs = (lifters[0](args, sb), lifters[1](args + VAL_SIZE, sb))
+            elif arity == 0:
+                pyargs = ()
+            else:
+                pyargs = [lift(args + i * VAL_SIZE, sb) for i, lift in enumerate(lifters)]
             profile = sb.profile
             started = perf_counter_ns() if profile is not None else 0
             try:

@@ -20,7 +20,7 @@ class StoreBinding:
     """Everything the host-call trampolines need for one wasmtime Store."""
 
     __slots__ = (
-        "ctx", "ctx_ptr", "table", "profile", "_out_ptr", "_lift_stage", "_lower_stage",
+        "ctx", "ctx_ptr", "table", "profile", "_out_ptr", "_out_ref", "_lift_stage", "_lower_stage",
     )
 
     def __init__(self, ctx: WasiCtx, ctx_ptr: int) -> None:
@@ -30,6 +30,7 @@ class StoreBinding:
         # A ProfileRecorder when --profile guest is on: host calls are timed.
         self.profile: Any = None
         self._out_ptr = ctypes.c_void_p()
+        self._out_ref = ctypes.byref(self._out_ptr)  # reused: byref() allocates
         self._lift_stage = bytearray()
         # Pre-filled with the u8 kind tag every 32 bytes (see lower_bytes).
         self._lower_stage = bytearray()
@@ -37,11 +38,10 @@ class StoreBinding:
     # -- resources -----------------------------------------------------------------
     def any_to_rep(self, any_ptr: int) -> int:
         """Turn a guest-passed resource handle into our rep, releasing the handle."""
-        out = self._out_ptr
-        error = capi.resource_any_to_host(self.ctx_ptr, any_ptr, ctypes.byref(out))
+        error = capi.resource_any_to_host(self.ctx_ptr, any_ptr, self._out_ref)
         if error:
             raise Trap(_error_text(error))
-        host = out.value
+        host = self._out_ptr.value
         rep = capi.resource_host_rep(host)
         capi.resource_host_delete(host)
         return rep
@@ -52,13 +52,12 @@ class StoreBinding:
             raise TypeError(f"expected a host resource object, got {obj!r}")
         rep = self.table.insert(obj)
         host = capi.resource_host_new(True, rep, type_id)
-        out = self._out_ptr
-        error = capi.resource_host_to_any(self.ctx_ptr, host, ctypes.byref(out))
+        error = capi.resource_host_to_any(self.ctx_ptr, host, self._out_ref)
         capi.resource_host_delete(host)
         if error:
             self.table.take(rep)
             raise Trap(_error_text(error))
-        return out.value or 0
+        return self._out_ptr.value or 0
 
     # -- boxes (option/result/variant payloads) -------------------------------------
     def boxed(self, lower: Callable[[Any, int, "StoreBinding"], None], value: Any) -> int:
