@@ -212,7 +212,7 @@ async def test_apps_run_side_by_side_and_as_sub_apps(guest, aiohttp_client) -> N
 
     root = web.Application()
     root.add_subapp("/hello/", create_app(Settings(component=guest("hello"), cache_dir=CACHE_DIR)))
-    root.add_subapp("/count/", create_app(Settings(component=guest("counter"), cache_dir=CACHE_DIR)))
+    root.add_subapp("/count/", create_app(Settings(component=guest("counter"), cache_dir=CACHE_DIR, max_instances=1)))
     client = await aiohttp_client(root)
     assert (await (await client.get("/hello/x")).text()) == "Hello from wasmhost\n"
     assert (await (await client.get("/count/")).text()) == "1\n"
