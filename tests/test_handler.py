@@ -1,7 +1,7 @@
 """The scheduling core (wasmhost.handler) against a fake engine.
 
 Most tests use real threads (the default ThreadRuntime) with timeouts of
-50-200 ms. Two stress tests: 60,000 tasks in a simulated runtime (virtual
+50-200 ms. Two stress tests: 50,000 tasks in a simulated runtime (virtual
 clock, random interleavings, every rule checked after every event) and
 100,000 tasks on real threads.
 """
@@ -436,7 +436,7 @@ def test_zero_idle_timeout_drops_instances_once_idle() -> None:
 # -- timeouts -------------------------------------------------------------------------------------
 
 TIMEOUT = 0.1
-SLACK = 0.08  # timer and thread wake-up latency allowed on a loaded 2-core machine
+SLACK = 0.1  # timer and thread wake-up latency allowed on a loaded 2-core machine
 
 
 def test_timed_out_task_fails_at_once_and_its_store_is_interrupted() -> None:
@@ -448,6 +448,7 @@ def test_timed_out_task_fails_at_once_and_its_store_is_interrupted() -> None:
     store = task.store
     assert store is not None and task.started_at is not None and task.failed_at is not None
     assert TIMEOUT <= task.failed_at - task.run.accepted_at < TIMEOUT + SLACK  # type: ignore[union-attr]
+    wait_until(lambda: store.interrupted_at is not None)  # right after the client side failed
     assert store.interrupted_at is not None
     assert TIMEOUT <= store.interrupted_at - task.run.accepted_at < TIMEOUT + SLACK  # type: ignore[union-attr]
     # The instance accepts nothing more and is dropped (reported, profile written once).
@@ -469,10 +470,12 @@ def test_client_side_completes_at_the_deadline_even_if_the_guest_keeps_running()
     task.wait(1)
     assert isinstance(task.error, RequestTimeoutError)
     assert handler.stats().live_workers == 1  # run_task has not returned yet
-    assert task.store is not None and task.store.interrupt_calls == 1
+    store = task.store
+    assert store is not None
+    wait_until(lambda: store.interrupt_calls == 1)
     finish.set()
     wait_until(lambda: handler.stats().live_workers == 0)
-    assert task.fail_calls == 1 and task.store.disposed == (1, 1)
+    assert task.fail_calls == 1 and store.disposed == (1, 1)
     close(handler)
 
 
@@ -499,6 +502,7 @@ def test_concurrent_tasks_each_get_at_least_1x_and_at_most_2x() -> None:
     assert c.store is not store
     b.wait()
     assert isinstance(b.error, RequestTimeoutError)
+    wait_until(lambda: store.interrupted_at is not None)  # b's deadline: no live task left
     interrupted = store.interrupted_at
     assert interrupted is not None
     assert interrupted - b.run.accepted_at >= t  # b ran its full timeout
@@ -512,12 +516,13 @@ def test_concurrent_tasks_each_get_at_least_1x_and_at_most_2x() -> None:
 
 
 def test_sibling_finishing_after_a_timeout_triggers_the_interrupt() -> None:
-    t = 0.1
+    t = 0.2
     state = FakeState(request_timeout=t, max_instance_reuse_count=10, max_instance_concurrent_reuse_count=2)
     handler = ProxyHandler(state, None)
     finish_b = threading.Event()
     _, a = spawn(handler, io_until_interrupted)
     wait_until(lambda: handler.stats().available_workers == 1)
+    time.sleep(t / 2)  # b's deadline comes well after a's
     _, b = spawn(handler, io_until(finish_b))
     a.wait()
     assert a.store is b.store and a.store is not None and a.store.interrupted_at is None
@@ -534,8 +539,10 @@ def test_sibling_finishing_after_a_timeout_triggers_the_interrupt() -> None:
 def test_max_instances_bounds_live_instances_and_queues_the_rest() -> None:
     state = FakeState(max_instances=2, max_instance_reuse_count=100)
     handler = ProxyHandler(state, None)
-    tasks = [spawn(handler, interruptible_sleep(0.02))[1] for _ in range(10)]
+    release = threading.Event()
+    tasks = [spawn(handler, executing_until(release))[1] for _ in range(10)]
     assert handler.stats().queued_tasks == 8
+    release.set()
     for task in tasks:
         task.wait()
         assert task.error is None
@@ -620,17 +627,18 @@ def test_store_creation_failure_fails_the_task() -> None:
 
 def test_profile_written_once_per_worker_whatever_ends_it() -> None:
     state = FakeState(
-        request_timeout=0.05, idle_instance_timeout=0.02, max_instance_reuse_count=2,
+        request_timeout=0.05, idle_instance_timeout=0.2, max_instance_reuse_count=2,
         fail_instantiate=lambda store: store.store_id == 4,
     )
     handler = ProxyHandler(state, None)
-    bodies: list[Body] = [instant, instant, instant, raising, until_interrupted, instant]
+    # Ends: reuse count (store 1), trap (2), timeout (3), instantiation (4), idle (5).
+    bodies: list[Body] = [instant, instant, instant, raising, until_interrupted, instant, instant]
     for body in bodies:
-        spawn(handler, body)[1].wait()
-    time.sleep(0.05)  # let the last one idle out
+        run_one(handler, body)
+    wait_until(lambda: state.live_stores == 0)
+    assert len(state.stores) >= 5 and all(s.disposed == (1, 1) for s in state.stores)
+    assert {type(e.error) for e in state.worker_errors} == {GuestTrap, RequestTimeoutError, InstantiationError}
     close(handler)
-    assert state.stores and all(s.disposed == (1, 1) for s in state.stores)
-    assert state.live_stores == 0
 
 
 # -- shutdown -----------------------------------------------------------------------------------------
@@ -837,9 +845,9 @@ def check_tasks(tasks: list[FakeTask], state: FakeState) -> None:
 
 @pytest.mark.parametrize("seed", [1, 2, 3, 4])
 def test_stress_simulated(seed: int) -> None:
-    """15,000 tasks per seed in virtual time, invariants checked after every event."""
+    """12,500 tasks per seed in virtual time, every rule checked after every event."""
     rng = random.Random(seed)
-    n_tasks = 15_000
+    n_tasks = 12_500
 
     def duration() -> float:  # of any lane job: a task, an instantiation, an exit
         roll = rng.random()
@@ -903,7 +911,7 @@ def test_stress_simulated(seed: int) -> None:
                 assert task.run_calls == 1
         tasks.extend(round_tasks)
     assert sim.violations == []
-    assert rounds >= 6 and sim.io_waits > 1000 and sim.peak_concurrency >= 2
+    assert rounds >= 5 and sim.io_waits > 1000 and sim.peak_concurrency >= 2
 
 
 def tiny_sleep(store: FakeStore, run: TaskRun) -> None:
