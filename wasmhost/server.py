@@ -148,6 +148,13 @@ async def _send(request: web.Request, response: Any, req_id: int, settings: Sett
     if pipe is None:
         await out.write_eof()
         return out
+    complete = pipe.take_complete()
+    if complete is not None:
+        # The guest finished before we started sending: one write, no streaming.
+        if not response.trailers() or not out.chunked:
+            await out.write_eof(complete)
+            return out
+        await out.write(complete)
     try:
         while (chunk := await pipe.drain()) is not None:
             await out.write(chunk)

@@ -206,6 +206,20 @@ class Pipe:
         self._wake_worker()
         return out
 
+    def take_complete(self) -> bytes | None:
+        """Loop side: everything, if the writer already finished without error; else None.
+
+        Lets the server send a body that is complete by the time the head is
+        ready in one write instead of streaming it chunk by chunk.
+        """
+        with self._lock:
+            if not self._ended or self._error is not None:
+                return None
+            out = self._take(self._buffered)
+            self._changed()
+        self._wake_worker()
+        return out
+
     def _new_loop_waiter(self) -> asyncio.Future[None]:
         waiter = self._loop_waiter
         if waiter is None or waiter.done():
