@@ -18,7 +18,7 @@ thread:
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from .ctx import WasiCtx
 from .http_errors import HttpCodeError, body_size_error, error_code_of, internal_error
@@ -28,6 +28,9 @@ from .interface import Case, Err, HostInterface, HostResource, Ok, Trap
 from .io_error import stream_failed
 from .io_poll import Pollable
 from .io_streams import PipeInputStream, PipeOutputStream, StreamError
+if TYPE_CHECKING:
+    from .http_response import IncomingResponse
+    from .http_types import IncomingRequest
 from .pipe import Pipe, PipeClosed, PipeFailed
 
 INTERFACES: tuple[HostInterface, ...] = ()
@@ -49,6 +52,14 @@ def new_body_pipe(ctx: WasiCtx) -> Pipe:
 
 
 # -- incoming bodies -----------------------------------------------------------------
+
+def consume_body(message: "IncomingRequest | IncomingResponse") -> "IncomingBody":
+    """``consume`` of an incoming request or response: the body once, ``Err`` after."""
+    body, message.body = message.body, None
+    if body is None:
+        raise Err(None)
+    return body
+
 
 @types_interface.resource("incoming-body")
 class IncomingBody(HostResource):

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Callable, Union
 
 from .ctx import WasiCtx
-from .http_body import IncomingBody
+from .http_body import IncomingBody, consume_body
 from .http_fields import Fields
 from .http_interface import types_interface
 from .interface import Case, Err, HostInterface, HostResource, Ok
@@ -83,10 +83,7 @@ def incoming_response_headers(ctx: WasiCtx, self: IncomingResponse) -> Fields:
 
 @types_interface.func("[method]incoming-response.consume")
 def incoming_response_consume(ctx: WasiCtx, self: IncomingResponse) -> IncomingBody:
-    body, self.body = self.body, None
-    if body is None:
-        raise Err(None)
-    return body
+    return consume_body(self)
 
 
 @types_interface.func("[method]future-incoming-response.subscribe")

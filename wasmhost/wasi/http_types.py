@@ -24,7 +24,7 @@ from typing import Callable, Union
 
 from . import http_body, http_fields, http_response
 from .ctx import WasiCtx
-from .http_body import IncomingBody, OutgoingBody, OutgoingBodyChannel
+from .http_body import IncomingBody, consume_body, OutgoingBody, OutgoingBodyChannel
 from .http_fields import Fields
 from .http_interface import types_interface
 from .interface import Case, Err, HostInterface, HostResource, Ok
@@ -226,10 +226,7 @@ def incoming_request_headers(ctx: WasiCtx, self: IncomingRequest) -> Fields:
 
 @types_interface.func("[method]incoming-request.consume")
 def incoming_request_consume(ctx: WasiCtx, self: IncomingRequest) -> IncomingBody:
-    body, self.body = self.body, None
-    if body is None:
-        raise Err(None)
-    return body
+    return consume_body(self)
 
 
 # -- outgoing-request ------------------------------------------------------------------
