@@ -40,7 +40,7 @@ case "$server" in
   *) echo "unknown server $server" >&2; exit 2 ;;
 esac
 pid=$!
-trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -f "$log"' EXIT
+trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -f "$log"' EXIT
 
 for _ in $(seq 600); do
   if curl -s -o /dev/null "http://127.0.0.1:$port/"; then break; fi

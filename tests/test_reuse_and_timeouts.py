@@ -106,3 +106,20 @@ async def test_concurrent_requests_use_several_instances(serve, guest) -> None:
     replies = await asyncio.gather(*(client.get("/sleep?ms=300") for _ in range(4)))
     assert all(r.status == 200 for r in replies)
     assert time.monotonic() - started < 1.0  # in parallel, not 4 x 300 ms
+
+
+async def test_max_concurrent_requests_makes_requests_wait(serve, guest) -> None:
+    client = await serve(guest("misbehave"), max_concurrent_requests=1)
+    started = time.monotonic()
+    replies = await asyncio.gather(*(client.get("/sleep?ms=150") for _ in range(3)))
+    assert all(r.status == 200 for r in replies)
+    assert time.monotonic() - started >= 0.45  # one at a time
+
+
+async def test_blocked_requests_do_not_hold_execution_slots(serve, guest) -> None:
+    # One execution slot: requests sleeping in poll give it up, so they overlap.
+    client = await serve(guest("misbehave"), max_executing_requests=1)
+    started = time.monotonic()
+    replies = await asyncio.gather(*(client.get("/sleep?ms=300") for _ in range(3)))
+    assert all(r.status == 200 for r in replies)
+    assert time.monotonic() - started < 0.85

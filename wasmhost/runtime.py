@@ -141,8 +141,8 @@ class Runtime:
         )
         self.header_overrides = settings.header_overrides()
         self.profiler = guest_profiler(settings.profile)
-        slots = int(os.environ.get("WASMHOST_CPU_SLOTS", os.cpu_count() or 1))
-        self.cpu_slots = threading.BoundedSemaphore(slots) if slots > 0 else None
+        slots = settings.max_executing_requests or os.cpu_count() or 1
+        self.cpu_slots = threading.BoundedSemaphore(slots)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.http_client: Any = None
         self.proxy: ProxyHandler | None = None

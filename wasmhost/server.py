@@ -85,6 +85,14 @@ async def _feed_body(request: web.Request, pipe: Pipe) -> None:
 
 
 async def _serve(request: web.Request) -> web.StreamResponse:
+    slots = request.app[RUNTIME_KEY].request_slots
+    if slots is None:
+        return await _serve_one(request)
+    async with slots:  # --max-concurrent-requests: the rest wait here
+        return await _serve_one(request)
+
+
+async def _serve_one(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME_KEY]
     loop = asyncio.get_running_loop()
     settings = runtime.settings
