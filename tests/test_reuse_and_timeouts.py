@@ -123,3 +123,28 @@ async def test_blocked_requests_do_not_hold_execution_slots(serve, guest) -> Non
     replies = await asyncio.gather(*(client.get("/sleep?ms=300") for _ in range(3)))
     assert all(r.status == 200 for r in replies)
     assert time.monotonic() - started < 0.85
+
+
+async def test_guest_profile_written_once_per_instance(serve, guest, tmp_path) -> None:
+    import json
+
+    client = await serve(guest("misbehave"), profile=f"guest,{tmp_path}", max_instances=1,
+                         max_instance_reuse_count=2)
+    for _ in range(3):
+        assert (await client.get("/count")).status == 200
+    await client.close()  # app cleanup: the last instance exits and writes its profile
+    files = sorted(tmp_path.glob("wasmhost-*-instance-*.json"))
+    assert len(files) == 2  # two instances: reuse count 2, three requests
+    requests = []
+    for path in files:
+        events = json.loads(path.read_text())["traceEvents"]
+        names = [e["name"] for e in events]
+        assert names.count("instantiate") == 1
+        for event in events:
+            if event.get("cat") == "request":
+                requests.append(event)
+                assert event["args"]["wasm_us"] >= 0
+                assert any("response-outparam.set" in name for name in event["args"]["host_us"])
+        host_calls = [e for e in events if e.get("cat") == "host"]
+        assert host_calls and all(e["dur"] >= 0 for e in host_calls)
+    assert sorted(e["name"] for e in requests) == ["request 0", "request 1", "request 2"]

@@ -241,3 +241,17 @@ async def test_user_written_guest_with_env(serve, guest) -> None:
     assert (await client.post("/todos", data=b"{")).status == 400
     assert (await client.delete(f"/todos/{item['id']}")).status == 204
     assert (await (await client.get("/todos")).json())["count"] == 0
+
+
+@pytest.mark.parametrize("version", ["0.2.0", "0.2.3", "0.2.6", "0.2.12"])
+async def test_any_wasi_0_2_version_links(serve, tmp_path, version: str) -> None:
+    from importlib import resources
+
+    text = resources.files("wasmhost").joinpath("demo.wat").read_text()
+    component = tmp_path / f"demo-{version}.wat"
+    component.write_text(text.replace("@0.2.12", f"@{version}"))
+    assert f"wasi:http/types@{version}" in component.read_text()
+    client = await serve(component)
+    resp = await client.get("/")
+    assert resp.status == 200
+    assert "Hello from wasmhost" in await resp.text()
