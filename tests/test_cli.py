@@ -130,3 +130,15 @@ def test_demo_serves_from_the_command_line() -> None:
         _, err = server.stop()
     assert status == 200 and b"Hello from wasmhost!" in body
     assert f"Serving HTTP on http://127.0.0.1:{server.port}/" in err
+
+
+def test_profile_perfmap_names_wasm_functions() -> None:
+    server = Server("--profile", "perfmap")
+    try:
+        assert server.get("/")[0] == 200
+        perf_map = Path(f"/tmp/perf-{server.proc.pid}.map")
+        assert perf_map.exists()
+        assert "wasm" in perf_map.read_text()
+    finally:
+        server.stop()
+        Path(f"/tmp/perf-{server.proc.pid}.map").unlink(missing_ok=True)
