@@ -142,3 +142,15 @@ def test_profile_perfmap_names_wasm_functions() -> None:
     finally:
         server.stop()
         Path(f"/tmp/perf-{server.proc.pid}.map").unlink(missing_ok=True)
+
+
+def test_trap_is_logged_with_request_id_and_backtrace(guest) -> None:
+    server = Server(str(guest("misbehave")))
+    try:
+        status, _ = server.get("/trap")
+        assert status == 500
+        assert server.get("/")[0] == 200
+    finally:
+        _, err = server.stop()
+    assert "request 0: guest trapped" in err
+    assert "wasm backtrace" in err
