@@ -95,7 +95,6 @@ async def _serve(request: web.Request) -> web.StreamResponse:
 async def _serve_one(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME_KEY]
     loop = asyncio.get_running_loop()
-    settings = runtime.settings
     body: Pipe | None = None
     if request.body_exists:
         body = Pipe(loop, runtime.wasi_config.pipe_capacity)
@@ -116,7 +115,7 @@ async def _serve_one(request: web.Request) -> web.StreamResponse:
             response = await exchange.response()
         except GuestHttpError as exc:
             return _error_response(req_id, exc)
-        return await _send(request, response, req_id, settings)
+        return await _send(request, response, req_id)
     finally:
         if feeder is not None and not feeder.done():
             feeder.cancel()
@@ -136,7 +135,7 @@ def _error_response(req_id: int, exc: GuestHttpError) -> web.Response:
     return web.Response(status=500, text="internal server error\n")
 
 
-async def _send(request: web.Request, response: Any, req_id: int, settings: Settings) -> web.StreamResponse:
+async def _send(request: web.Request, response: Any, req_id: int) -> web.StreamResponse:
     headers: CIMultiDict[str] = CIMultiDict()
     declared_length: int | None = None
     for name, value in response.headers:

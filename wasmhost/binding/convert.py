@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from wasmtime import component as wc
 
-from ..wasi.interface import Case, Err, Ok, Trap
+from ..wasi.interface import Case, Err, Ok
 from . import capi
 from .capi import (
     PAYLOAD, RECORD_ENTRY_SIZE, RECORD_ENTRY_VAL, VAL_SIZE, read_name, read_u64, read_u8,
@@ -266,7 +266,3 @@ class Converters:
             return self._lower_result(ty, nested=False)
         return self.lower(ty)
 
-
-def check_no_result(value: Any) -> None:
-    if value is not None:
-        raise Trap(f"host function without result returned {value!r}")

@@ -12,7 +12,7 @@ import random
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable
 
 from .interface import Trap
@@ -201,12 +201,6 @@ class WasiCtx:
                 if left <= 0:
                     return ready()
                 self.cond.wait(min(left / 1e9, threading.TIMEOUT_MAX))
-
-    def call_in_loop(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Run ``fn(*args)`` on the event loop thread (fire and forget)."""
-        if self.loop is None:
-            raise Trap("no event loop is attached to this store")
-        self.loop.call_soon_threadsafe(fn, *args)
 
     def close(self) -> None:
         self.stdout.flush()
