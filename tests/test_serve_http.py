@@ -255,3 +255,16 @@ async def test_any_wasi_0_2_version_links(serve, tmp_path, version: str) -> None
     resp = await client.get("/")
     assert resp.status == 200
     assert "Hello from wasmhost" in await resp.text()
+
+
+async def test_head_response_has_no_body(serve, guest) -> None:
+    client = await serve(guest("hello"))
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    # Two requests on one connection: a body after the HEAD head would corrupt the second.
+    writer.write(b"HEAD / HTTP/1.1\r\nhost: x\r\n\r\nGET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+    raw = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    first, _, rest = raw.partition(b"\r\n\r\n")
+    assert first.startswith(b"HTTP/1.1 200") and b"x-path: HEAD /" in first
+    assert rest.startswith(b"HTTP/1.1 200"), rest[:80]
+    assert rest.endswith(b"Hello from wasmhost\n0\r\n\r\n") or b"Hello from wasmhost\n" in rest

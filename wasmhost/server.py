@@ -10,6 +10,7 @@ signals, so several apps can run side by side or mounted as sub-apps.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -147,12 +148,21 @@ async def _send(request: web.Request, response: Any, req_id: int) -> web.StreamR
         headers.add(name, value.decode("latin-1"))
     out = web.StreamResponse(status=response.status, headers=headers)
     pipe: Pipe | None = response.body
+    has_body = request.method != "HEAD" and response.status >= 200 and response.status not in _NO_BODY_STATUSES
     if declared_length is not None:
         out.content_length = declared_length
-    elif response.status not in _NO_BODY_STATUSES and request.method != "HEAD" and request.version >= (1, 1):
+    elif has_body and request.version >= (1, 1):
         out.enable_chunked_encoding()
     await out.prepare(request)
     if pipe is None:
+        await out.write_eof()
+        return out
+    if not has_body:
+        # Nothing may follow the head; still drain so the guest is never stuck
+        # writing. A failing body does not matter: the head alone is the answer.
+        with contextlib.suppress(PipeFailed):
+            while await pipe.drain() is not None:
+                continue
         await out.write_eof()
         return out
     complete = pipe.take_complete()
