@@ -268,3 +268,19 @@ async def test_head_response_has_no_body(serve, guest) -> None:
     assert first.startswith(b"HTTP/1.1 200") and b"x-path: HEAD /" in first
     assert rest.startswith(b"HTTP/1.1 200"), rest[:80]
     assert rest.endswith(b"Hello from wasmhost\n0\r\n\r\n") or b"Hello from wasmhost\n" in rest
+
+
+async def test_request_body_limit(serve, guest) -> None:
+    client = await serve(guest("echo"), max_request_body=1000)
+    resp = await client.post("/", data=b"x" * 1001)
+    assert resp.status == 413
+    ok = await client.post("/", data=b"y" * 1000)
+    assert ok.status == 200 and await ok.read() == b"y" * 1000
+
+    async def too_much():
+        for _ in range(4):
+            yield b"z" * 500
+
+    cut = await client.post("/", data=too_much())  # chunked: the limit hits mid-stream
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await cut.read()

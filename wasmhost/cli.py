@@ -47,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="requests executing guest code at once; those blocked on I/O do not count (default: CPU cores)")
     serve.add_argument("--allow-outgoing", action="append", metavar="HOST[:PORT]",
                        help="let the guest send outgoing requests to this authority (repeatable)")
+    serve.add_argument("--max-request-body", type=int, metavar="BYTES",
+                       help="largest request body accepted (default 1 GiB)")
     serve.add_argument("--cache-dir", type=Path, metavar="DIR",
                        help="where compiled components are cached (default ~/.cache/wasmhost)")
     serve.add_argument("--no-cache", action="store_true", default=None, help="do not cache compiled components")

@@ -66,13 +66,18 @@ def _request_headers(request: web.Request, overrides: list[tuple[str, bytes]]) -
     return headers
 
 
-async def _feed_body(request: web.Request, pipe: Pipe) -> None:
+async def _feed_body(request: web.Request, pipe: Pipe, limit: int) -> None:
     """Copy the request body into the pipe the guest reads, with backpressure."""
+    received = 0
     try:
         while True:
             chunk = await request.content.readany()
             if not chunk:
                 break
+            received += len(chunk)
+            if received > limit:
+                pipe.fail(ValueError(f"request body larger than {limit} bytes"))
+                return
             await pipe.feed(chunk)
         pipe.finish()
     except PipeFailed:
@@ -96,6 +101,9 @@ async def _serve(request: web.Request) -> web.StreamResponse:
 async def _serve_one(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME_KEY]
     loop = asyncio.get_running_loop()
+    limit = runtime.settings.max_request_body
+    if request.content_length is not None and request.content_length > limit:
+        return web.Response(status=413, text=f"request body larger than {limit} bytes\n")
     body: Pipe | None = None
     if request.body_exists:
         body = Pipe(loop, runtime.wasi_config.pipe_capacity)
@@ -109,7 +117,7 @@ async def _serve_one(request: web.Request) -> web.StreamResponse:
         body,
         runtime.wasi_config,
     )
-    feeder = asyncio.ensure_future(_feed_body(request, body)) if body is not None else None
+    feeder = asyncio.ensure_future(_feed_body(request, body, limit)) if body is not None else None
     req_id = runtime.dispatch(exchange)
     try:
         try:
