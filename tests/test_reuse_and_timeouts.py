@@ -149,3 +149,12 @@ async def test_guest_profile_written_once_per_instance(serve, guest, tmp_path) -
         host_calls = [e for e in events if e.get("cat") == "host"]
         assert host_calls and all(e["dur"] >= 0 for e in host_calls)
     assert sorted(e["name"] for e in requests) == ["request 0", "request 1", "request 2"]
+
+
+async def test_concurrent_reuse_above_one_is_ignored_for_wasi_0_2(serve, guest) -> None:
+    # Two overlapping requests must never enter one 0.2 instance at once.
+    client = await serve(guest("misbehave"), max_instance_concurrent_reuse_count=4, max_instances=1)
+    started = time.monotonic()
+    replies = await asyncio.gather(*(client.get("/sleep?ms=200") for _ in range(2)))
+    assert all(r.status == 200 for r in replies)
+    assert time.monotonic() - started >= 0.4

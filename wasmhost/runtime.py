@@ -91,7 +91,12 @@ class EngineState:
         self.request_timeout = settings.request_timeout
         self.idle_instance_timeout = settings.idle_instance_timeout
         self.max_instance_reuse_count = settings.max_instance_reuse_count
-        self.max_instance_concurrent_reuse_count = settings.max_instance_concurrent_reuse_count
+        # A wasi:http 0.2 instance cannot be entered while a call is in flight,
+        # so, as in wasmtime serve, more than 1 has no effect on 0.2 guests.
+        if settings.max_instance_concurrent_reuse_count > 1:
+            log.warning("--max-instance-concurrent-reuse-count %d has no effect on wasi:http 0.2 guests; using 1",
+                        settings.max_instance_concurrent_reuse_count)
+        self.max_instance_concurrent_reuse_count = 1
         self.max_instances = settings.max_instances
 
     def new_store(self, req_id: int | None) -> tuple[WasiCtx, Callable[[], None] | None]:
