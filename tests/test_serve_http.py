@@ -284,3 +284,13 @@ async def test_request_body_limit(serve, guest) -> None:
     cut = await client.post("/", data=too_much())  # chunked: the limit hits mid-stream
     with pytest.raises(aiohttp.ClientPayloadError):
         await cut.read()
+
+
+@pytest.mark.parametrize("path", ["/short", "/long"])
+async def test_broken_content_length_cuts_the_connection(serve, guest, path: str) -> None:
+    client = await serve(guest("misbehave"))
+    resp = await client.get(path)
+    assert resp.status == 200 and resp.headers["content-length"] == "10"
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await resp.read()
+    assert (await client.get("/")).status == 200

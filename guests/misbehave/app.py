@@ -12,6 +12,8 @@
 ``/late``
     sets a ``200`` response (no content-length), writes and flushes
     ``partial body\n``, then traps the same way.
+``/short``, ``/long``
+    declare ``content-length: 10`` and then write 5 or 15 bytes.
 ``/count``
     a per-instance request counter (``N\n``), to tell instances apart.
 anything else
@@ -73,6 +75,19 @@ class IncomingHandler(exports.IncomingHandler):
             stream = out_body.write()
             stream.blocking_write_and_flush(b"partial body\n")
             raise RuntimeError("misbehave: trap after the response head and part of the body")
+
+        elif url.path in ("/short", "/long"):
+            # Declares 10 bytes, then writes 5 (/short) or 15 (/long).
+            response = OutgoingResponse(Fields.from_list([("content-length", b"10")]))
+            out_body = response.body()
+            ResponseOutparam.set(response_out, Ok(response))
+            size = 5 if url.path == "/short" else 15
+            try:
+                with out_body.write() as stream:
+                    stream.blocking_write_and_flush(b"x" * size)
+                OutgoingBody.finish(out_body, None)
+            except Exception as error:  # the host refuses the broken length
+                print(f"misbehave: body refused: {error!r}")
 
         elif url.path == "/count":
             SERVED[0] += 1
