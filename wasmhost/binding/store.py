@@ -21,6 +21,7 @@ class StoreBinding:
 
     __slots__ = (
         "ctx", "ctx_ptr", "table", "profile", "_out_ptr", "_out_ref", "_lift_stage", "_lower_stage",
+        "_boxes", "_box_depth",
     )
 
     def __init__(self, ctx: WasiCtx, ctx_ptr: int) -> None:
@@ -31,9 +32,14 @@ class StoreBinding:
         self.profile: Any = None
         self._out_ptr = ctypes.c_void_p()
         self._out_ref = ctypes.byref(self._out_ptr)  # reused: byref() allocates
-        self._lift_stage = bytearray()
-        # Pre-filled with the u8 kind tag every 32 bytes (see lower_bytes).
-        self._lower_stage = bytearray()
+        # Reused staging buffers (ctypes arrays: one addressof, no per-call
+        # array types); the lowering one has the u8 kind tag preset every 32 bytes.
+        self._lift_stage = ctypes.create_string_buffer(0)
+        self._lower_stage = ctypes.create_string_buffer(0)
+        # Scratch vals for boxed payloads, one per nesting depth (val_new moves
+        # the contents out, so each can be reused at once).
+        self._boxes: list[tuple[ctypes.Array[ctypes.c_char], int]] = []
+        self._box_depth = 0
 
     # -- resources -----------------------------------------------------------------
     def any_to_rep(self, any_ptr: int) -> int:
@@ -62,9 +68,17 @@ class StoreBinding:
     # -- boxes (option/result/variant payloads) -------------------------------------
     def boxed(self, lower: Callable[[Any, int, "StoreBinding"], None], value: Any) -> int:
         """Lower ``value`` into a heap val owned by wasmtime; returns its address."""
-        scratch = ctypes.create_string_buffer(VAL_SIZE)
-        addr = ctypes.addressof(scratch)
-        lower(value, addr, self)
+        depth = self._box_depth
+        boxes = self._boxes
+        if depth == len(boxes):
+            scratch = ctypes.create_string_buffer(VAL_SIZE)
+            boxes.append((scratch, ctypes.addressof(scratch)))
+        addr = boxes[depth][1]
+        self._box_depth = depth + 1
+        try:
+            lower(value, addr, self)
+        finally:
+            self._box_depth = depth
         return capi.val_new(addr) or 0
 
     # -- bulk bytes -----------------------------------------------------------------
@@ -76,9 +90,9 @@ class StoreBinding:
         span = size * VAL_SIZE
         stage = self._lift_stage
         if len(stage) < span:
-            stage = self._lift_stage = bytearray(span)
-        capi.memmove((ctypes.c_char * span).from_buffer(stage), data, span)
-        return bytes(memoryview(stage)[PAYLOAD:span:VAL_SIZE])
+            stage = self._lift_stage = ctypes.create_string_buffer(_grow(span))
+        capi.memmove(stage, data, span)
+        return memoryview(stage).cast("B")[PAYLOAD:span:VAL_SIZE].tobytes()
 
     def lower_bytes(self, value: bytes, addr: int) -> None:
         """Write ``value`` as a ``list<u8>``: one C allocation and one memmove."""
@@ -91,10 +105,11 @@ class StoreBinding:
         span = size * VAL_SIZE
         stage = self._lower_stage
         if len(stage) < span:
-            stage = self._lower_stage = bytearray(span)
-            stage[0::VAL_SIZE] = bytes([capi.K_U8]) * (span // VAL_SIZE)
-        memoryview(stage)[PAYLOAD:span:VAL_SIZE] = value
-        capi.memmove(data, (ctypes.c_char * span).from_buffer(stage), span)
+            stage = self._lower_stage = ctypes.create_string_buffer(_grow(span))
+            view = memoryview(stage).cast("B")
+            view[0::VAL_SIZE] = bytes([capi.K_U8]) * (len(stage) // VAL_SIZE)
+        memoryview(stage).cast("B")[PAYLOAD:span:VAL_SIZE] = value
+        capi.memmove(data, stage, span)
 
     # -- teardown -------------------------------------------------------------------
     def release_all(self) -> None:
@@ -104,6 +119,14 @@ class StoreBinding:
                 obj.on_drop()
             except Exception:  # one bad object must not stop the others' cleanup
                 log.exception("error releasing %r", obj)
+
+
+def _grow(span: int) -> int:
+    """Staging sizes grow in powers of two (whole vals) so they are rarely reallocated."""
+    size = VAL_SIZE * 64
+    while size < span:
+        size *= 2
+    return size
 
 
 def _error_text(error_ptr: int) -> str:
