@@ -158,3 +158,16 @@ async def test_concurrent_reuse_above_one_is_ignored_for_wasi_0_2(serve, guest) 
     replies = await asyncio.gather(*(client.get("/sleep?ms=200") for _ in range(2)))
     assert all(r.status == 200 for r in replies)
     assert time.monotonic() - started >= 0.4
+
+
+async def test_timeout_while_waiting_for_an_execution_slot(serve, guest) -> None:
+    # One slot held by a spinning guest: the queued request times out too, and
+    # the slot accounting stays right for the requests after them.
+    client = await serve(guest("misbehave"), max_executing_requests=1, request_timeout="400ms")
+    spin = asyncio.ensure_future(client.get("/spin"))
+    await asyncio.sleep(0.1)
+    waiting = await client.get("/count")
+    assert waiting.status in (200, 504)
+    assert (await spin).status == 504
+    for _ in range(3):
+        assert (await client.get("/")).status == 200

@@ -117,6 +117,7 @@ class WasiCtx:
         # Bounds how many stores run wasm or host code at once (shared by all
         # stores of a server); a store gives its slot up while it blocks.
         self.cpu_slots: threading.Semaphore | None = None
+        self.holds_cpu_slot = False
         # Loop wake-ups this store's requests cause, delivered together.
         self.wake_batch = WakeBatch(loop) if loop is not None else None
         self.stdout = LineSink("stdout", self, stdout)
@@ -160,32 +161,34 @@ class WasiCtx:
         if self.wake_batch is not None:
             self.wake_batch.flush()  # whoever we wait for may need what we queued
         run = self.task_run
-        slots = self.cpu_slots
-        if slots is not None:
-            slots.release()
+        held = self.holds_cpu_slot
+        self.release_cpu_slot()  # a blocked store lets another one execute
         try:
             if run is None:
                 return self._wait(ready, deadline_ns)
             with run.waiting_on_io():
                 return self._wait(ready, deadline_ns)
         finally:
-            if slots is not None:
+            if held:
                 self.acquire_cpu_slot()
 
     def acquire_cpu_slot(self) -> None:
-        """Wait for a CPU slot (if slots are bounded), giving up if interrupted."""
+        """Wait for a CPU slot (if slots are bounded); give up once interrupted.
+
+        An interrupted store goes on without a slot: its guest traps at the
+        next epoch check or host call, so it runs for a moment at most.
+        """
         slots = self.cpu_slots
         if slots is None:
             return
         while not slots.acquire(timeout=0.05):
             if self.interrupted is not None:
-                # Proceed without waiting: the caller traps right away.
-                slots.release()
-                slots.acquire()
                 return
+        self.holds_cpu_slot = True
 
     def release_cpu_slot(self) -> None:
-        if self.cpu_slots is not None:
+        if self.holds_cpu_slot and self.cpu_slots is not None:
+            self.holds_cpu_slot = False
             self.cpu_slots.release()
 
     def _wait(self, ready: Callable[[], bool], deadline_ns: int | None) -> bool:
