@@ -294,3 +294,18 @@ async def test_broken_content_length_cuts_the_connection(serve, guest, path: str
     with pytest.raises(aiohttp.ClientPayloadError):
         await resp.read()
     assert (await client.get("/")).status == 200
+
+
+async def test_client_disconnect_mid_body_leaves_the_server_healthy(serve, guest) -> None:
+    client = await serve(guest("echo"), max_instances=1)
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    # Promise 10 MB, send 64 KiB, read a little of the echo, then vanish.
+    writer.write(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 10000000\r\n\r\n" + b"a" * 65536)
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert head.startswith(b"HTTP/1.1 200")
+    writer.close()
+    # The guest's instance is released and the next request is served normally.
+    for _ in range(3):
+        resp = await client.post("/", data=b"after")
+        assert resp.status == 200 and await resp.read() == b"after"
