@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -154,3 +155,18 @@ def test_trap_is_logged_with_request_id_and_backtrace(guest) -> None:
         _, err = server.stop()
     assert "request 0: guest trapped" in err
     assert "wasm backtrace" in err
+
+
+def test_sigterm_finishes_requests_in_flight_then_exits(guest) -> None:
+    import signal
+    import threading
+
+    server = Server(str(guest("misbehave")))
+    result: dict[str, tuple[int, bytes]] = {}
+    request = threading.Thread(target=lambda: result.setdefault("r", server.get("/sleep?ms=800")))
+    request.start()
+    time.sleep(0.3)
+    server.proc.send_signal(signal.SIGTERM)
+    request.join(10)
+    assert result["r"] == (200, b"slept 800 ms\n")
+    assert server.proc.wait(timeout=30) == 0
