@@ -245,7 +245,7 @@ class WasmEngine:
         finished = time.perf_counter_ns()
         if profile is not None:
             profile.instantiated(started, finished)
-        return GuestInstance(self, instance_id, store, binding, func._func, (finished - started) / 1e9)
+        return GuestInstance(self, instance_id, store, binding, func._func)
 
 
 class GuestInstance:
@@ -253,7 +253,7 @@ class GuestInstance:
 
     def __init__(
         self, engine: WasmEngine, instance_id: int, store: Store, binding: StoreBinding,
-        func: Any, instantiate_seconds: float,
+        func: Any,
     ) -> None:
         self.engine = engine
         self.id = instance_id
@@ -262,13 +262,9 @@ class GuestInstance:
         self.ctx: WasiCtx = binding.ctx
         self._func = func
         self._args = ctypes.create_string_buffer(capi.VAL_SIZE * HANDLE_ARGS)
-        self.instantiate_seconds = instantiate_seconds
-        self.requests_served = 0
-        self.poisoned = False  # trapped or interrupted: never reuse
 
     def handle(self, request: HostResource, response_out: HostResource) -> None:
         """Call ``handle(request, response-out)``; raise GuestTrap if the guest traps."""
-        self.requests_served += 1
         binding = self.binding
         profile = binding.profile
         if profile is not None:
@@ -288,7 +284,6 @@ class GuestInstance:
         if profile is not None:
             profile.request_finished(message.splitlines()[0] if message else None)
         if message is not None:
-            self.poisoned = True
             raise GuestTrap(message)
 
     def close(self) -> None:

@@ -35,10 +35,6 @@ class Pollable(HostResource):
         ctx.block_until(self.is_ready, self.deadline_ns)
 
 
-def always_ready() -> Pollable:
-    return Pollable(deadline_ns=0)
-
-
 @poll_interface.func("[method]pollable.ready")
 def pollable_ready(ctx: WasiCtx, self: Pollable) -> bool:
     with ctx.cond:

@@ -40,7 +40,7 @@ class PipeFailed(Exception):
 class Pipe:
     __slots__ = (
         "_loop", "_lock", "waker", "_chunks", "_buffered", "capacity_limit", "_ended",
-        "_error", "_loop_waiter", "total_in", "total_out",
+        "_error", "_loop_waiter",
     )
 
     def __init__(
@@ -59,8 +59,6 @@ class Pipe:
         self._ended = False          # writer called finish()
         self._error: BaseException | None = None
         self._loop_waiter: asyncio.Future[None] | None = None
-        self.total_in = 0            # bytes written so far
-        self.total_out = 0           # bytes read so far
 
     # -- shared helpers -------------------------------------------------
     def _changed(self) -> None:
@@ -109,7 +107,6 @@ class Pipe:
                 raise PipeClosed()
             self._chunks.append(bytes(data))
             self._buffered += len(data)
-            self.total_in += len(data)
             self._changed()
         self._wake_worker()
 
@@ -186,7 +183,6 @@ class Pipe:
                 need = 0
         out = parts[0] if len(parts) == 1 else b"".join(parts)
         self._buffered -= len(out)
-        self.total_out += len(out)
         return out
 
     async def drain(self, limit: int = 1 << 20) -> bytes | None:
