@@ -13,6 +13,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
+from functools import partial
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -20,7 +21,7 @@ from typing import Any, Callable, Iterable
 from wasmtime import Config, Engine, Store, WasmtimeError
 from wasmtime import component as wc
 
-from .binding import capi
+from .binding import capi, native
 from .binding.linker import HostLinker, LinkError
 from .binding.store import StoreBinding, _error_text
 from .wasi import all_interfaces
@@ -44,7 +45,15 @@ class GuestTrap(Exception):
 @dataclass(frozen=True)
 class EngineOptions:
     # Seconds between epoch increments: how soon running wasm notices an interrupt.
-    epoch_tick: float = 0.010
+    # With the compiled binding a native thread ticks (no GIL needed), so the tick
+    # can be short; the pure-Python ticker must take the GIL for every tick.
+    epoch_tick: float = 0.001 if native.module is not None else 0.010
+    # Seconds between deliveries of loop wake-ups a busy guest holds back.
+    wakeup_flush: float = 0.010
+    # Epoch ticks a guest call keeps the GIL before running on without it
+    # (compiled binding only): short calls then make their host calls without
+    # handing the GIL back and forth; long ones still run in parallel.
+    gil_hold_ticks: int = 2
     profile_perfmap: bool = False
     # Where compiled components are kept (keyed by content and engine settings);
     # None disables the cache. Compiling an 18 MB componentize-py guest takes
@@ -136,23 +145,37 @@ def find_incoming_handler(engine: Engine, component: wc.Component) -> str:
 
 
 class EpochTicker:
-    """Advances the engine's epoch every ``tick`` seconds so store deadlines fire."""
+    """Advances the engine's epoch every ``tick`` seconds so store deadlines fire,
+    and calls ``on_tick`` every ``flush`` seconds.
 
-    def __init__(self, engine: Engine, tick: float, on_tick: Callable[[], None] | None = None) -> None:
+    With the compiled binding the epoch is advanced by a native thread: a guest
+    call may hold the GIL, and the tick is what makes it let go.
+    """
+
+    def __init__(
+        self, engine: Engine, tick: float, on_tick: Callable[[], None] | None = None, flush: float | None = None,
+    ) -> None:
         self.engine = engine
         self.tick = tick
+        self.flush = tick if flush is None else flush
         self.on_tick = on_tick
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._native_ticker: int | None = None
 
     def start(self) -> None:
+        if native.module is not None and self._native_ticker is None:
+            engine_ptr = ctypes.cast(self.engine.ptr(), ctypes.c_void_p).value
+            self._native_ticker = native.module.ticker_start(engine_ptr, int(self.tick * 1e9))
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="wasmhost-epoch", daemon=True)
             self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.wait(self.tick):
-            self.engine.increment_epoch()
+        interval = self.flush if self._native_ticker is not None else self.tick
+        while not self._stop.wait(interval):
+            if self._native_ticker is None:
+                self.engine.increment_epoch()
             if self.on_tick is not None:
                 self.on_tick()
 
@@ -161,6 +184,9 @@ class EpochTicker:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+        if self._native_ticker is not None:
+            native.module.ticker_stop(self._native_ticker)  # type: ignore[union-attr]
+            self._native_ticker = None
 
 
 class WasmEngine:
@@ -190,7 +216,7 @@ class WasmEngine:
         self._handle_index = handle
         self._request_type = self.host.resource_type_id("incoming-request")
         self._outparam_type = self.host.resource_type_id("response-outparam")
-        self.ticker = EpochTicker(self.engine, options.epoch_tick, self._flush_wakeups)
+        self.ticker = EpochTicker(self.engine, options.epoch_tick, self._flush_wakeups, options.wakeup_flush)
         self._on_epoch = capi.EPOCH_CALLBACK(self._epoch_reached)
         self._instance_ids = 0
         self._ids_lock = threading.Lock()
@@ -228,7 +254,16 @@ class WasmEngine:
             self._instance_ids += 1
             instance_id = self._instance_ids
         store = Store(self.engine)
-        capi.store_epoch_deadline_callback(store.ptr(), self._on_epoch, None, capi.keep_data)
+        interrupt_state: int | None = None
+        if native.module is not None:
+            # Running wasm is stopped by the C epoch callback reading this state.
+            interrupt_state = native.module.interrupt_state_new()
+            capi.store_epoch_deadline_callback(
+                store.ptr(), native.addresses["epoch_reached"], interrupt_state, capi.keep_data,
+            )
+            ctx.on_interrupt = partial(native.module.interrupt, interrupt_state)
+        else:
+            capi.store_epoch_deadline_callback(store.ptr(), self._on_epoch, None, capi.keep_data)
         store.set_epoch_deadline(1)
         binding = self.host.bind_store(store, ctx)
         binding.profile = profile
@@ -237,15 +272,17 @@ class WasmEngine:
             instance = self.linker.instantiate(store, self.component)
             func = instance.get_func(store, self._handle_index)
         except WasmtimeError as exc:
-            self.host.unbind_store(binding)
-            raise GuestTrap(f"instantiation failed: {exc}") from None
+            func, failure = None, f"instantiation failed: {exc}"
+        else:
+            failure = "the instance has no handle function"
         if func is None:
             self.host.unbind_store(binding)
-            raise GuestTrap("the instance has no handle function")
+            _close_store(store, ctx, interrupt_state)
+            raise GuestTrap(failure)
         finished = time.perf_counter_ns()
         if profile is not None:
             profile.instantiated(started, finished)
-        return GuestInstance(self, instance_id, store, binding, func._func)
+        return GuestInstance(self, instance_id, store, binding, func._func, interrupt_state)
 
 
 class GuestInstance:
@@ -253,7 +290,7 @@ class GuestInstance:
 
     def __init__(
         self, engine: WasmEngine, instance_id: int, store: Store, binding: StoreBinding,
-        func: Any,
+        func: Any, interrupt_state: int | None = None,
     ) -> None:
         self.engine = engine
         self.id = instance_id
@@ -261,6 +298,8 @@ class GuestInstance:
         self.binding = binding
         self.ctx: WasiCtx = binding.ctx
         self._func = func
+        self._func_ptr = ctypes.addressof(func)
+        self._interrupt_state = interrupt_state
         self._args = ctypes.create_string_buffer(capi.VAL_SIZE * HANDLE_ARGS)
 
     def handle(self, request: HostResource, response_out: HostResource) -> None:
@@ -276,7 +315,12 @@ class GuestInstance:
         capi.write_u8(second, capi.K_RESOURCE)
         capi.write_u64(second + capi.PAYLOAD, binding.new_own(response_out, self.engine._outparam_type))
         try:
-            error = capi.func_call(ctypes.addressof(self._func), binding.ctx_ptr, args, HANDLE_ARGS, None, 0)
+            if native.module is not None:
+                error = native.module.call_guest(
+                    self._func_ptr, binding.ctx_ptr, args, HANDLE_ARGS, self.engine.options.gil_hold_ticks,
+                )
+            else:
+                error = capi.func_call(self._func_ptr, binding.ctx_ptr, args, HANDLE_ARGS, None, 0)
         finally:
             capi.resource_any_delete(capi.read_u64(args + capi.PAYLOAD))
             capi.resource_any_delete(capi.read_u64(second + capi.PAYLOAD))
@@ -289,4 +333,14 @@ class GuestInstance:
     def close(self) -> None:
         self.engine.host.unbind_store(self.binding)
         self.ctx.close()
-        self.store.close()
+        _close_store(self.store, self.ctx, self._interrupt_state)
+        self._interrupt_state = None
+
+
+def _close_store(store: Store, ctx: WasiCtx, interrupt_state: int | None) -> None:
+    """Free the store, then the native interruption state its epoch callback reads."""
+    with ctx.cond:  # no interrupt() may be writing the state while it is freed
+        ctx.on_interrupt = None
+    store.close()
+    if interrupt_state is not None and native.module is not None:
+        native.module.interrupt_state_free(interrupt_state)

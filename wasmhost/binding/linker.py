@@ -21,7 +21,7 @@ from wasmtime import Engine, Store
 from wasmtime import component as wc
 
 from ..wasi.interface import Err, HostInterface, Trap
-from . import capi
+from . import capi, native
 from .capi import VAL_SIZE, write_u8
 from .convert import Converters, Lift, Lower
 from .store import StoreBinding
@@ -61,8 +61,17 @@ class HostLinker:
         self.functions: list[BoundFunc] = []
         # Store context address -> binding; written by workers, read by trampolines.
         self.stores: dict[int, StoreBinding] = {}
-        self._trampoline = capi.FUNC_CALLBACK(self._call)
-        self._dtor = capi.DTOR_CALLBACK(self._drop)
+        # The C trampolines when the extension is built, else ctypes callbacks
+        # into _call/_drop. The C ones get a plan tuple (its address) as data.
+        self._native = native.module is not None
+        if self._native:
+            self._trampoline: Any = native.addresses["host_call"]
+            self._dtor: Any = native.addresses["resource_drop"]
+        else:
+            self._trampoline = capi.FUNC_CALLBACK(self._call)
+            self._dtor = capi.DTOR_CALLBACK(self._drop)
+        # Plans handed to the C trampolines by address: kept alive here.
+        self._plans: list[tuple[Any, ...]] = []
         # Host resource type id -> the WIT name of the resource (defining name).
         self._resource_names: dict[int, str] = {}
 
@@ -127,8 +136,11 @@ class HostLinker:
     def _add_resource(self, instance: wc.LinkerInstance, name: str, type_id: int) -> None:
         raw = name.encode()
         resource_type = wc.ResourceType.host(type_id)
+        data = type_id
+        if self._native:
+            data = self._keep((self._drop, type_id))
         error = capi.linker_instance_add_resource(
-            instance.ptr(), raw, len(raw), resource_type.ptr(), self._dtor, type_id, capi.keep_data,
+            instance.ptr(), raw, len(raw), resource_type.ptr(), self._dtor, data, capi.keep_data,
         )
         if error:
             raise LinkError(f"cannot define resource {name}: {capi_error(error)}")
@@ -150,10 +162,23 @@ class HostLinker:
         )
         self.functions.append(bound)
         index = len(self.functions)  # data pointers must be non-null
+        data = index
+        if self._native:
+            data = self._keep((
+                self.stores, fn,
+                tuple(native.spec(pty, converters.resource_id) for _, pty in fty.params),
+                native.spec(result, converters.resource_id) if result is not None else None,
+                bound.returns_result, index, self._call_profiled, self._on_error,
+            ))
         raw = func_name.encode()
-        error = capi.linker_instance_add_func(instance.ptr(), raw, len(raw), self._trampoline, index, capi.keep_data)
+        error = capi.linker_instance_add_func(instance.ptr(), raw, len(raw), self._trampoline, data, capi.keep_data)
         if error:
             raise LinkError(f"cannot define {iface_name}#{func_name}: {capi_error(error)}")
+
+    def _keep(self, plan: tuple[Any, ...]) -> int:
+        """Keep ``plan`` alive for the linker's lifetime; its address is the C callback's data."""
+        self._plans.append(plan)
+        return id(plan)
 
     # -- stores ------------------------------------------------------------------------
     def bind_store(self, store: Store, ctx: Any) -> StoreBinding:
@@ -204,14 +229,26 @@ class HostLinker:
             elif value is not None:
                 raise TypeError(f"returned {value!r} but the WIT function has no result")
             return 0
-        except Trap as trap:
+        except BaseException as exc:
+            return self._on_error(data, ctx_ptr, exc)
+
+    def _call_profiled(self, data: int, ctx_ptr: int, args: int, nargs: int, results: int, nresults: int) -> int:
+        """The C trampoline's way into ``_call`` for stores being profiled."""
+        return self._call(data, ctx_ptr, 0, args, nargs, results, nresults)
+
+    def _on_error(self, data: int, ctx_ptr: int, exc: BaseException) -> int:
+        """A host call failed: a Trap traps the guest, anything else is logged first."""
+        bound = self.functions[data - 1]
+        if isinstance(exc, Trap):
             sb = self.stores.get(ctx_ptr)
             if sb is not None:
-                sb.ctx.last_trap = trap
-            return capi.error_ptr(f"{bound.qualified_name}: {trap}")
-        except BaseException as exc:
-            log.error("host function %s failed:\n%s", bound.qualified_name, traceback.format_exc())
-            return capi.error_ptr(f"{bound.qualified_name}: host error: {exc!r}")
+                sb.ctx.last_trap = exc
+            return capi.error_ptr(f"{bound.qualified_name}: {exc}")
+        log.error(
+            "host function %s failed:\n%s", bound.qualified_name,
+            "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+        )
+        return capi.error_ptr(f"{bound.qualified_name}: host error: {exc!r}")
 
     def _drop(self, type_id: int, ctx_ptr: int, rep: int) -> int:
         try:

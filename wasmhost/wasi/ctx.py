@@ -106,7 +106,14 @@ class WasiCtx:
         # Every blocking wait of this store waits on this condition; every
         # source of readiness (pipes, outgoing responses, interruption) notifies it.
         self.cond = threading.Condition()
+        # How many threads wait on ``cond`` (changed with it held): lets
+        # ``notify`` skip the condition while nobody waits, e.g. when the
+        # worker's own body writes change a pipe it is not waiting on.
+        self._waiters = 0
         self.interrupted: str | None = None
+        # Called (under ``cond``) with the reason when the store is interrupted:
+        # the engine uses it to stop wasm that is running rather than blocked.
+        self.on_interrupt: Callable[[str], None] | None = None
         # The Trap a host function raised last (e.g. GuestExit), so the worker
         # can tell `exit(0)` from a failure after wasmtime reports the trap.
         self.last_trap: Trap | None = None
@@ -136,6 +143,8 @@ class WasiCtx:
         """Wake every blocked host call of this store and make it trap."""
         with self.cond:
             self.interrupted = reason
+            if self.on_interrupt is not None:
+                self.on_interrupt(reason)
             self.cond.notify_all()
 
     def check_interrupted(self) -> None:
@@ -143,7 +152,12 @@ class WasiCtx:
             raise GuestInterrupted(self.interrupted)
 
     def notify(self) -> None:
-        """Something this store may be waiting for changed state."""
+        """Something this store may be waiting for changed state (call after the change)."""
+        # No lost wake-up without the condition: ``_wait`` counts itself in
+        # before its last ``ready()`` check, so if we read 0 here that check
+        # comes after the change and sees it.
+        if not self._waiters:
+            return
         with self.cond:
             self.cond.notify_all()
 
@@ -151,13 +165,15 @@ class WasiCtx:
         """Block the worker thread until ``ready()`` or ``deadline_ns`` (monotonic ns).
 
         Returns the final value of ``ready()``. Raises :class:`GuestInterrupted`
-        when the store is interrupted meanwhile. ``ready`` is called with the
-        condition held; it must not block.
+        when the store is interrupted meanwhile. ``ready`` must not block; the
+        first check runs without the condition (nothing needs it when no wait
+        follows), the ones while waiting with the condition held.
         """
-        with self.cond:
-            self.check_interrupted()
-            if ready():
-                return True
+        # Fast path: most calls find the stream or future ready at once.
+        if self.interrupted is not None:
+            raise GuestInterrupted(self.interrupted)
+        if ready():
+            return True
         if self.wake_batch is not None:
             self.wake_batch.flush()  # whoever we wait for may need what we queued
         run = self.task_run
@@ -193,17 +209,21 @@ class WasiCtx:
 
     def _wait(self, ready: Callable[[], bool], deadline_ns: int | None) -> bool:
         with self.cond:
-            while True:
-                self.check_interrupted()
-                if ready():
-                    return True
-                if deadline_ns is None:
-                    self.cond.wait()
-                    continue
-                left = deadline_ns - time.monotonic_ns()
-                if left <= 0:
-                    return ready()
-                self.cond.wait(min(left / 1e9, threading.TIMEOUT_MAX))
+            self._waiters += 1  # before the checks below: see notify()
+            try:
+                while True:
+                    self.check_interrupted()
+                    if ready():
+                        return True
+                    if deadline_ns is None:
+                        self.cond.wait()
+                        continue
+                    left = deadline_ns - time.monotonic_ns()
+                    if left <= 0:
+                        return ready()
+                    self.cond.wait(min(left / 1e9, threading.TIMEOUT_MAX))
+            finally:
+                self._waiters -= 1
 
     def close(self) -> None:
         self.stdout.flush()
