@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from functools import partial
 from importlib import metadata
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Callable, Iterable
 
 from wasmtime import Config, Engine, Store, WasmtimeError
@@ -45,9 +46,11 @@ class GuestTrap(Exception):
 @dataclass(frozen=True)
 class EngineOptions:
     # Seconds between epoch increments: how soon running wasm notices an interrupt.
-    # With the compiled binding a native thread ticks (no GIL needed), so the tick
-    # can be short; the pure-Python ticker must take the GIL for every tick.
-    epoch_tick: float = 0.001 if native.module is not None else 0.010
+    # None: 1 ms with the compiled binding (a native thread ticks, no GIL
+    # needed), 10 ms without (the Python ticker takes the GIL for every tick).
+    epoch_tick: float | None = None
+    # Use the compiled binding (wasmhost.binding._native) when it is built.
+    compiled_binding: bool = True
     # Seconds between deliveries of loop wake-ups a busy guest holds back.
     wakeup_flush: float = 0.010
     # Epoch ticks a guest call keeps the GIL before running on without it
@@ -154,8 +157,10 @@ class EpochTicker:
 
     def __init__(
         self, engine: Engine, tick: float, on_tick: Callable[[], None] | None = None, flush: float | None = None,
+        compiled: ModuleType | None = None,
     ) -> None:
         self.engine = engine
+        self.compiled = compiled
         self.tick = tick
         self.flush = tick if flush is None else flush
         self.on_tick = on_tick
@@ -164,9 +169,9 @@ class EpochTicker:
         self._native_ticker: int | None = None
 
     def start(self) -> None:
-        if native.module is not None and self._native_ticker is None:
+        if self.compiled is not None and self._native_ticker is None:
             engine_ptr = ctypes.cast(self.engine.ptr(), ctypes.c_void_p).value
-            self._native_ticker = native.module.ticker_start(engine_ptr, int(self.tick * 1e9))
+            self._native_ticker = self.compiled.ticker_start(engine_ptr, int(self.tick * 1e9))
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="wasmhost-epoch", daemon=True)
             self._thread.start()
@@ -184,8 +189,8 @@ class EpochTicker:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-        if self._native_ticker is not None:
-            native.module.ticker_stop(self._native_ticker)  # type: ignore[union-attr]
+        if self._native_ticker is not None and self.compiled is not None:
+            self.compiled.ticker_stop(self._native_ticker)
             self._native_ticker = None
 
 
@@ -201,10 +206,14 @@ class WasmEngine:
         interfaces: Iterable[HostInterface] | None = None,
     ) -> None:
         self.options = options
+        # The compiled binding, or None for the pure-Python one.
+        self.compiled: ModuleType | None = native.module if options.compiled_binding else None
         self.engine = build_engine(options)
         self.component = load_component(self.engine, component, options, text=text)
         self.export_name = find_incoming_handler(self.engine, self.component)
-        self.host = HostLinker(self.engine, all_interfaces() if interfaces is None else interfaces)
+        self.host = HostLinker(
+            self.engine, all_interfaces() if interfaces is None else interfaces, compiled=self.compiled is not None,
+        )
         try:
             self.linker = self.host.link(self.component)
         except LinkError as exc:
@@ -216,7 +225,8 @@ class WasmEngine:
         self._handle_index = handle
         self._request_type = self.host.resource_type_id("incoming-request")
         self._outparam_type = self.host.resource_type_id("response-outparam")
-        self.ticker = EpochTicker(self.engine, options.epoch_tick, self._flush_wakeups, options.wakeup_flush)
+        tick = options.epoch_tick or (0.001 if self.compiled is not None else 0.010)
+        self.ticker = EpochTicker(self.engine, tick, self._flush_wakeups, options.wakeup_flush, self.compiled)
         self._on_epoch = capi.EPOCH_CALLBACK(self._epoch_reached)
         self._instance_ids = 0
         self._ids_lock = threading.Lock()
@@ -255,13 +265,14 @@ class WasmEngine:
             instance_id = self._instance_ids
         store = Store(self.engine)
         interrupt_state: int | None = None
-        if native.module is not None:
+        compiled = self.compiled
+        if compiled is not None:
             # Running wasm is stopped by the C epoch callback reading this state.
-            interrupt_state = native.module.interrupt_state_new()
+            interrupt_state = compiled.interrupt_state_new()
             capi.store_epoch_deadline_callback(
                 store.ptr(), native.addresses["epoch_reached"], interrupt_state, capi.keep_data,
             )
-            ctx.on_interrupt = partial(native.module.interrupt, interrupt_state)
+            ctx.on_interrupt = partial(compiled.interrupt, interrupt_state)
         else:
             capi.store_epoch_deadline_callback(store.ptr(), self._on_epoch, None, capi.keep_data)
         store.set_epoch_deadline(1)
@@ -277,7 +288,7 @@ class WasmEngine:
             failure = "the instance has no handle function"
         if func is None:
             self.host.unbind_store(binding)
-            _close_store(store, ctx, interrupt_state)
+            _close_store(store, ctx, compiled, interrupt_state)
             raise GuestTrap(failure)
         finished = time.perf_counter_ns()
         if profile is not None:
@@ -308,22 +319,25 @@ class GuestInstance:
         profile = binding.profile
         if profile is not None:
             profile.request_started(self.ctx.request_id)
-        args = ctypes.addressof(self._args)
-        second = args + capi.VAL_SIZE
-        capi.write_u8(args, capi.K_RESOURCE)
-        capi.write_u64(args + capi.PAYLOAD, binding.new_own(request, self.engine._request_type))
-        capi.write_u8(second, capi.K_RESOURCE)
-        capi.write_u64(second + capi.PAYLOAD, binding.new_own(response_out, self.engine._outparam_type))
-        try:
-            if native.module is not None:
-                error = native.module.call_guest(
-                    self._func_ptr, binding.ctx_ptr, args, HANDLE_ARGS, self.engine.options.gil_hold_ticks,
-                )
-            else:
+        engine = self.engine
+        compiled = engine.compiled
+        if compiled is not None:
+            error = compiled.call_handler(
+                self._func_ptr, binding.ctx_ptr, binding.table, request, engine._request_type,
+                response_out, engine._outparam_type, engine.options.gil_hold_ticks,
+            )
+        else:
+            args = ctypes.addressof(self._args)
+            second = args + capi.VAL_SIZE
+            capi.write_u8(args, capi.K_RESOURCE)
+            capi.write_u64(args + capi.PAYLOAD, binding.new_own(request, engine._request_type))
+            capi.write_u8(second, capi.K_RESOURCE)
+            capi.write_u64(second + capi.PAYLOAD, binding.new_own(response_out, engine._outparam_type))
+            try:
                 error = capi.func_call(self._func_ptr, binding.ctx_ptr, args, HANDLE_ARGS, None, 0)
-        finally:
-            capi.resource_any_delete(capi.read_u64(args + capi.PAYLOAD))
-            capi.resource_any_delete(capi.read_u64(second + capi.PAYLOAD))
+            finally:
+                capi.resource_any_delete(capi.read_u64(args + capi.PAYLOAD))
+                capi.resource_any_delete(capi.read_u64(second + capi.PAYLOAD))
         message = _error_text(error) if error else None
         if profile is not None:
             profile.request_finished(message.splitlines()[0] if message else None)
@@ -333,14 +347,14 @@ class GuestInstance:
     def close(self) -> None:
         self.engine.host.unbind_store(self.binding)
         self.ctx.close()
-        _close_store(self.store, self.ctx, self._interrupt_state)
+        _close_store(self.store, self.ctx, self.engine.compiled, self._interrupt_state)
         self._interrupt_state = None
 
 
-def _close_store(store: Store, ctx: WasiCtx, interrupt_state: int | None) -> None:
+def _close_store(store: Store, ctx: WasiCtx, compiled: ModuleType | None, interrupt_state: int | None) -> None:
     """Free the store, then the native interruption state its epoch callback reads."""
     with ctx.cond:  # no interrupt() may be writing the state while it is freed
         ctx.on_interrupt = None
     store.close()
-    if interrupt_state is not None and native.module is not None:
-        native.module.interrupt_state_free(interrupt_state)
+    if interrupt_state is not None and compiled is not None:
+        compiled.interrupt_state_free(interrupt_state)

@@ -8,7 +8,7 @@
  *     directly on wasmtime_component_val_t memory, driven by "specs" (nested
  *     tuples the Python side builds once per WIT type, see native.py);
  *   - a resource destructor trampoline;
- *   - call_guest(): calls a component function while keeping the GIL, so a
+ *   - call_handler(): calls wasi:http's handle while keeping the GIL, so a
  *     short guest call does not bounce the GIL between threads on every host
  *     call, plus an epoch-deadline callback that drops the GIL once the call
  *     has run for one epoch tick (long-running wasm still runs in parallel)
@@ -76,6 +76,7 @@ static uint32_t (*w_resource_host_rep)(void *);
 static void (*w_resource_host_delete)(void *);
 static void *(*w_resource_host_to_any)(void *, void *, void **);
 static void *(*w_resource_any_to_host)(void *, void *, void **);
+static void (*w_resource_any_delete)(void *);
 static void *(*w_error_new)(const char *);
 static void (*w_error_message)(void *, byte_vec *);
 static void (*w_error_delete)(void *);
@@ -90,7 +91,7 @@ static int initialized;
 
 /* -- GIL handling for guest calls ------------------------------------------ */
 
-/* Set while this thread is inside call_guest(); `released` holds the thread
+/* Set while this thread is inside call_holding_gil(); `released` holds the thread
  * state once the epoch callback has dropped the GIL for the rest of the call. */
 static __thread int in_guest_call;
 static __thread PyThreadState *released;
@@ -311,6 +312,32 @@ static Py_ssize_t case_index(PyObject *index, PyObject *name, const char *what) 
     return PyLong_AsSsize_t(found);
 }
 
+/* Hand `value` (a HostResource) to the guest as a new owned handle of host type `type_id`. */
+static int lower_own(call_env *env, PyObject *value, uint32_t type_id, val *v) {
+    v->kind = KIND[T_OWN];
+    if (!PyObject_TypeCheck(value, (PyTypeObject *)HostResourceType)) {
+        PyErr_Format(PyExc_TypeError, "expected a host resource object, got %R", value);
+        return -1;
+    }
+    PyObject *key = PyObject_CallMethodOneArg(env->table, s_insert, value);
+    if (key == NULL) return -1;
+    uint32_t rep = (uint32_t)PyLong_AsUnsignedLong(key);
+    void *host = w_resource_host_new(true, rep, type_id);
+    void *any = NULL;
+    void *error = w_resource_host_to_any(env->ctx, host, &any);
+    w_resource_host_delete(host);
+    if (error) {
+        PyObject *taken = PyObject_CallMethodOneArg(env->table, s_take, key);
+        Py_XDECREF(taken);
+        Py_DECREF(key);
+        trap_from_error(error, "cannot hand a resource to the guest");
+        return -1;
+    }
+    Py_DECREF(key);
+    v->of.resource = any;
+    return 0;
+}
+
 static int lower(PyObject *spec, PyObject *value, val *v, call_env *env) {
     long code = spec_code(spec);
     uint64_t x;
@@ -473,29 +500,8 @@ static int lower(PyObject *spec, PyObject *value, val *v, call_env *env) {
         Py_DECREF(seq);
         return 0;
     }
-    case T_OWN: {
-        if (!PyObject_TypeCheck(value, (PyTypeObject *)HostResourceType)) {
-            PyErr_Format(PyExc_TypeError, "expected a host resource object, got %R", value);
-            return -1;
-        }
-        PyObject *key = PyObject_CallMethodOneArg(env->table, s_insert, value);
-        if (key == NULL) return -1;
-        uint32_t rep = (uint32_t)PyLong_AsUnsignedLong(key);
-        void *host = w_resource_host_new(true, rep, (uint32_t)PyLong_AsUnsignedLong(PyTuple_GET_ITEM(spec, 1)));
-        void *any = NULL;
-        void *error = w_resource_host_to_any(env->ctx, host, &any);
-        w_resource_host_delete(host);
-        if (error) {
-            PyObject *taken = PyObject_CallMethodOneArg(env->table, s_take, key);
-            Py_XDECREF(taken);
-            Py_DECREF(key);
-            trap_from_error(error, "cannot hand a resource to the guest");
-            return -1;
-        }
-        Py_DECREF(key);
-        v->of.resource = any;
-        return 0;
-    }
+    case T_OWN:
+        return lower_own(env, value, (uint32_t)PyLong_AsUnsignedLong(PyTuple_GET_ITEM(spec, 1)), v);
     default:
         PyErr_Format(PyExc_TypeError, "values of this type cannot be returned to the guest");
         return -1;
@@ -711,18 +717,9 @@ static PyObject *py_interrupt(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* call_guest(func, ctx, args, nargs, hold_ticks) -> error address (0 on success).
- * The GIL stays with this thread until the call returns or `hold_ticks` epoch
- * ticks pass, whichever is first. */
-static PyObject *py_call_guest(PyObject *self, PyObject *const *argv, Py_ssize_t argc) {
-    if (argc != 5) return PyErr_Format(PyExc_TypeError, "call_guest takes 5 arguments");
-    void *func = PyLong_AsVoidPtr(argv[0]);
-    void *ctx = PyLong_AsVoidPtr(argv[1]);
-    void *args = PyLong_AsVoidPtr(argv[2]);
-    size_t nargs = PyLong_AsSize_t(argv[3]);
-    unsigned long long hold_ticks = PyLong_AsUnsignedLongLong(argv[4]);
-    if (PyErr_Occurred()) return NULL;
-    if (in_guest_call) return PyErr_Format(PyExc_RuntimeError, "call_guest re-entered on one thread");
+/* Call a component function with the GIL held until it returns or `hold_ticks`
+ * epoch ticks pass, whichever is first (then epoch_reached drops it). */
+static void *call_holding_gil(void *func, void *ctx, val *args, size_t nargs, unsigned long long hold_ticks) {
     /* The deadline is relative to now: an idle instance's stale deadline would
      * otherwise fire (and drop the GIL) at the first instruction. */
     w_set_epoch_deadline(ctx, hold_ticks > 0 ? hold_ticks : 1);
@@ -734,6 +731,31 @@ static PyObject *py_call_guest(PyObject *self, PyObject *const *argv, Py_ssize_t
         released = NULL;
     }
     in_guest_call = 0;
+    return error;
+}
+
+/* call_handler(func, ctx, table, request, request_type, outparam, outparam_type, hold_ticks)
+ * -> error address (0 on success): wasi:http's handle(own<incoming-request>,
+ * own<response-outparam>), the two host objects put in `table` as new handles. */
+static PyObject *py_call_handler(PyObject *self, PyObject *const *argv, Py_ssize_t argc) {
+    if (argc != 8) return PyErr_Format(PyExc_TypeError, "call_handler takes 8 arguments");
+    void *func = PyLong_AsVoidPtr(argv[0]);
+    void *ctx = PyLong_AsVoidPtr(argv[1]);
+    uint32_t request_type = (uint32_t)PyLong_AsUnsignedLong(argv[4]);
+    uint32_t outparam_type = (uint32_t)PyLong_AsUnsignedLong(argv[6]);
+    unsigned long long hold_ticks = PyLong_AsUnsignedLongLong(argv[7]);
+    if (PyErr_Occurred()) return NULL;
+    if (in_guest_call) return PyErr_Format(PyExc_RuntimeError, "call_handler re-entered on one thread");
+    call_env env = {ctx, argv[2]};
+    val args[2];
+    if (lower_own(&env, argv[3], request_type, &args[0]) < 0) return NULL;
+    if (lower_own(&env, argv[5], outparam_type, &args[1]) < 0) {
+        w_resource_any_delete(args[0].of.resource);
+        return NULL;
+    }
+    void *error = call_holding_gil(func, ctx, args, 2, hold_ticks);
+    w_resource_any_delete(args[0].of.resource);
+    w_resource_any_delete(args[1].of.resource);
     return PyLong_FromVoidPtr(error);
 }
 
@@ -824,6 +846,7 @@ static PyObject *py_init(PyObject *self, PyObject *args) {
         {"wasmtime_component_resource_host_delete", (void **)&w_resource_host_delete},
         {"wasmtime_component_resource_host_to_any", (void **)&w_resource_host_to_any},
         {"wasmtime_component_resource_any_to_host", (void **)&w_resource_any_to_host},
+        {"wasmtime_component_resource_any_delete", (void **)&w_resource_any_delete},
         {"wasmtime_error_new", (void **)&w_error_new},
         {"wasmtime_error_message", (void **)&w_error_message},
         {"wasmtime_error_delete", (void **)&w_error_delete},
@@ -853,8 +876,8 @@ static PyObject *py_addresses(PyObject *self, PyObject *noargs) {
 static PyMethodDef methods[] = {
     {"init", py_init, METH_VARARGS, "Give the module wasmtime's entry points, value kinds and value classes."},
     {"addresses", py_addresses, METH_NOARGS, "C addresses of the host_call, resource_drop and epoch_reached callbacks."},
-    {"call_guest", (PyCFunction)(void (*)(void))py_call_guest, METH_FASTCALL,
-     "call_guest(func, ctx, args, nargs, hold_ticks) -> error address; keeps the GIL for up to hold_ticks epoch ticks."},
+    {"call_handler", (PyCFunction)(void (*)(void))py_call_handler, METH_FASTCALL,
+     "call_handler(func, ctx, table, request, request_type, outparam, outparam_type, hold_ticks) -> error address."},
     {"interrupt_state_new", py_interrupt_state_new, METH_NOARGS, "Allocate a store's interruption state."},
     {"interrupt_state_free", py_interrupt_state_free, METH_O, "Free an interruption state."},
     {"interrupt", py_interrupt, METH_VARARGS, "interrupt(state, reason): the store traps at its next epoch tick."},

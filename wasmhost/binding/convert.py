@@ -43,6 +43,13 @@ _SCALARS: dict[type, tuple[int, type, Callable[[Any], Any], Callable[[Any], Any]
     wc.Char: (capi.K_CHAR, ctypes.c_uint32, chr, ord),
 }
 
+_INT_BOUNDS: dict[type, tuple[int, int, str]] = {
+    wc.S8: (-(2**7), 2**7 - 1, "s8"), wc.U8: (0, 2**8 - 1, "u8"),
+    wc.S16: (-(2**15), 2**15 - 1, "s16"), wc.U16: (0, 2**16 - 1, "u16"),
+    wc.S32: (-(2**31), 2**31 - 1, "s32"), wc.U32: (0, 2**32 - 1, "u32"),
+    wc.S64: (-(2**63), 2**63 - 1, "s64"), wc.U64: (0, 2**64 - 1, "u64"),
+}
+
 
 class Converters:
     """Builds lifters/lowerers; ``resource_id`` maps a ResourceType to our host type id."""
@@ -136,6 +143,18 @@ class Converters:
         if scalar is not None:
             kind, ctype, _, from_py = scalar
             from_address = ctype.from_address
+
+            bounds = _INT_BOUNDS.get(type(ty))
+            if bounds is not None:
+                lo, hi, wit_name = bounds
+
+                def lower_int(value: Any, addr: int, sb: StoreBinding) -> None:
+                    number = value.__index__()
+                    if not lo <= number <= hi:  # ctypes would silently wrap
+                        raise OverflowError(f"{value!r} is out of range for {wit_name}")
+                    write_u8(addr, kind)
+                    from_address(addr + PAYLOAD).value = number
+                return lower_int
 
             def lower_scalar(value: Any, addr: int, sb: StoreBinding) -> None:
                 write_u8(addr, kind)

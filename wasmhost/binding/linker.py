@@ -51,7 +51,7 @@ def interface_base(import_name: str) -> tuple[str, str]:
 class HostLinker:
     """Builds linkers for components and keeps the per-store bindings they use."""
 
-    def __init__(self, engine: Engine, interfaces: Iterable[HostInterface]) -> None:
+    def __init__(self, engine: Engine, interfaces: Iterable[HostInterface], compiled: bool = True) -> None:
         self.engine = engine
         self.interfaces: dict[str, HostInterface] = {}
         for iface in interfaces:
@@ -63,7 +63,7 @@ class HostLinker:
         self.stores: dict[int, StoreBinding] = {}
         # The C trampolines when the extension is built, else ctypes callbacks
         # into _call/_drop. The C ones get a plan tuple (its address) as data.
-        self._native = native.module is not None
+        self._native = compiled and native.module is not None
         if self._native:
             self._trampoline: Any = native.addresses["host_call"]
             self._dtor: Any = native.addresses["resource_drop"]

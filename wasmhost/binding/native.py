@@ -46,6 +46,7 @@ _ENTRY_POINTS = (
     "wasmtime_component_val_new", "wasmtime_component_resource_host_new",
     "wasmtime_component_resource_host_rep", "wasmtime_component_resource_host_delete",
     "wasmtime_component_resource_host_to_any", "wasmtime_component_resource_any_to_host",
+    "wasmtime_component_resource_any_delete",
     "wasmtime_error_new", "wasmtime_error_message", "wasmtime_error_delete",
     "wasmtime_component_func_call", "wasmtime_engine_increment_epoch",
     "wasmtime_context_set_epoch_deadline",
