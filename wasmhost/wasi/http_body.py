@@ -41,7 +41,7 @@ _DISCARD_CHUNK = 1 << 20
 
 def pipe_done(pipe: Pipe) -> bool:
     """The reader has seen everything: the pipe ended and is empty, or it failed."""
-    return pipe.error is not None or (pipe.ended and pipe.flushed())
+    return pipe.exhausted()
 
 
 def new_body_pipe(ctx: WasiCtx) -> Pipe:
@@ -206,8 +206,9 @@ class OutgoingBodyStream(PipeOutputStream):
     __slots__ = ("channel", "body")
 
     def __init__(self, body: OutgoingBody, max_chunk: int) -> None:
-        super().__init__(body.channel.pipe, max_chunk)
-        self.channel = body.channel
+        channel = body.channel
+        super().__init__(channel.pipe, max_chunk)
+        self.channel = channel
         self.body = body
 
     def write(self, data: bytes) -> None:
@@ -222,6 +223,15 @@ class OutgoingBodyStream(PipeOutputStream):
             raise StreamError(stream_failed(message, code))
         super().write(data)
         channel.written += len(data)
+
+    def write_if_ready(self, data: bytes) -> bool:
+        channel = self.channel
+        if channel.expected is not None and channel.written + len(data) > channel.expected:
+            return False  # write() fails the body and reports it
+        if not super().write_if_ready(data):
+            return False
+        channel.written += len(data)
+        return True
 
     def on_drop(self) -> None:
         self.body.stream_alive = False

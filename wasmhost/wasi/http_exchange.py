@@ -92,7 +92,7 @@ class GuestTrapped(GuestHttpError):
         self.error = error
 
 
-@dataclass
+@dataclass(slots=True)  # one per request: no per-instance __dict__
 class GuestResponse:
     status: int
     headers: list[tuple[str, bytes]]
@@ -145,7 +145,8 @@ class HttpExchange:
         return self.request, self.outparam
 
     def guest_returned(self, error: BaseException | None) -> None:
-        self._settle(GuestTrapped(error) if error is not None else GuestNeverResponded())
+        if not self._settled:  # usually settled by now: skip building the exception
+            self._settle(GuestTrapped(error) if error is not None else GuestNeverResponded())
         channel = self._channel
         if channel is not None and not channel.pipe.ended:
             reason = f"guest trapped: {error}" if error is not None else "guest returned without finishing the body"

@@ -20,7 +20,7 @@ Rules, as ``wasmtime serve`` applies them by default:
 """
 from __future__ import annotations
 
-import re
+from functools import lru_cache
 from typing import Iterable
 
 from .ctx import WasiCtx
@@ -39,9 +39,10 @@ FIELDS_SIZE_LIMIT = 128 * 1024
 # Accounted per entry on top of name and value, so empty values still cost something.
 _ENTRY_OVERHEAD = 32
 
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_FIELD_VALUE = re.compile(rb"(?:[\x21-\x7e\x80-\xff](?:[\t\x20-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?)?")
-_DIGITS = re.compile(rb"[0-9]+")
+# RFC 9110 tchar, and the bytes a field-value may hold (VCHAR, obs-text, SP, HTAB).
+# Set and bytes.translate checks are cheaper than regular expressions here.
+_TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+_FIELD_VALUE_BYTES = bytes([0x09, *range(0x20, 0x7F), *range(0x80, 0x100)])
 
 INVALID_SYNTAX = Case("invalid-syntax")
 FORBIDDEN = Case("forbidden")
@@ -50,14 +51,27 @@ IMMUTABLE = Case("immutable")
 Entries = list[tuple[str, bytes]]
 
 
+@lru_cache(maxsize=1024)
+def field_key(name: str) -> str | None:
+    """The lower-case key of a valid (token) field name; None when invalid.
+
+    Cached: guests use the same few names on every request.
+    """
+    if name and _TOKEN_CHARS.issuperset(name):
+        return name.lower()
+    return None
+
+
 def valid_field_name(name: str) -> bool:
-    return _TOKEN.fullmatch(name) is not None
+    return field_key(name) is not None
 
 
 def valid_field_value(name_lower: str, value: bytes) -> bool:
     if name_lower == "content-length":
-        return _DIGITS.fullmatch(value) is not None
-    return _FIELD_VALUE.fullmatch(value) is not None
+        return value.isdigit()  # bytes.isdigit: 1*DIGIT, ASCII only
+    # Only allowed bytes, and no leading/trailing SP or HTAB (strip returns an
+    # unchanged bytes object itself, so the comparison is then an identity check).
+    return not value.translate(None, _FIELD_VALUE_BYTES) and value.strip(b" \t") == value
 
 
 def _entry_size(name: str, value: bytes) -> int:
@@ -70,11 +84,14 @@ class Fields(HostResource):
 
     __slots__ = ("_entries", "mutable", "_size")
 
-    def __init__(self, entries: Entries | None = None, *, mutable: bool = True) -> None:
+    def __init__(self, entries: Entries | None = None, *, mutable: bool = True, size: int | None = None) -> None:
+        """``size``: the entries' accounted size when the caller already knows it."""
         # Immutable fields may share this list with other immutable views.
-        self._entries: Entries = entries if entries is not None else []
+        if entries is None:
+            entries, size = [], 0
+        self._entries: Entries = entries
         self.mutable = mutable
-        self._size = sum(_entry_size(n, v) for n, v in self._entries)
+        self._size = size if size is not None else sum(_entry_size(n, v) for n, v in entries)
 
     @classmethod
     def received(cls, entries: Iterable[tuple[str, bytes]]) -> Fields:
@@ -84,52 +101,57 @@ class Fields(HostResource):
             mutable=False,
         )
 
+    @classmethod
+    def from_list(cls, entries: Iterable[tuple[str, bytes]]) -> Fields:
+        """``fields.from-list``: each entry checked as ``append`` does, in order."""
+        checked: Entries = []
+        size = 0
+        for name, value in entries:
+            value = _checked_entry(name, value)
+            size += len(name) + len(value) + _ENTRY_OVERHEAD  # _entry_size, inlined
+            if size > FIELDS_SIZE_LIMIT:
+                raise Trap(f"fields exceed the {FIELDS_SIZE_LIMIT}-byte limit")
+            checked.append((name, value))
+        return cls(checked, mutable=True, size=size)
+
     def view(self) -> Fields:
         """A new immutable handle on the same entries (``headers()`` getters)."""
-        return Fields(self._entries, mutable=False)
+        return Fields(self._entries, mutable=False, size=self._size)
 
     def freeze(self) -> None:
         self.mutable = False
 
     def copy(self) -> Fields:
-        return Fields(list(self._entries), mutable=True)
+        return Fields(list(self._entries), mutable=True, size=self._size)
 
     def entries(self) -> Entries:
         return list(self._entries)
 
     def get(self, name: str) -> list[bytes]:
-        if not valid_field_name(name):
+        key = field_key(name)
+        if key is None:
             return []
-        key = name.lower()
         return [value for n, value in self._entries if n.lower() == key]
 
     def has(self, name: str) -> bool:
-        if not valid_field_name(name):
+        key = field_key(name)
+        if key is None:
             return False
-        key = name.lower()
         return any(n.lower() == key for n, _ in self._entries)
 
     def content_length(self) -> int | None:
         """The declared ``content-length`` or None; ValueError when invalid or conflicting."""
-        values = set(self.get("content-length"))
+        values = {value for n, value in self._entries if n.lower() == "content-length"}
         if not values:
             return None
         if len(values) > 1:
             raise ValueError("conflicting content-length values")
         value = values.pop()
-        if _DIGITS.fullmatch(value) is None:
+        if not value.isdigit():  # 1*DIGIT (bytes.isdigit is ASCII-only)
             raise ValueError(f"invalid content-length {value!r}")
         return int(value)
 
     # -- mutation (checks in wasmtime's order, so guests see the same error) ----------
-    def _key(self, name: str) -> str:
-        if not valid_field_name(name):
-            raise Err(INVALID_SYNTAX)
-        key = name.lower()
-        if key in FORBIDDEN_HEADERS:
-            raise Err(FORBIDDEN)
-        return key
-
     def _check_mutable(self) -> None:
         if not self.mutable:
             raise Err(IMMUTABLE)
@@ -142,7 +164,7 @@ class Fields(HostResource):
         self._size = size
 
     def set(self, name: str, values: list[bytes]) -> None:
-        key = self._key(name)
+        key = _checked_key(name)
         self._check_mutable()
         new_values = [bytes(v) for v in values]
         if not all(valid_field_value(key, v) for v in new_values):
@@ -161,21 +183,42 @@ class Fields(HostResource):
         self._replace(kept[:position] + [(name, v) for v in new_values] + kept[position:])
 
     def delete(self, name: str) -> None:
-        key = self._key(name)
+        key = _checked_key(name)
         self._check_mutable()
         self._replace([entry for entry in self._entries if entry[0].lower() != key])
 
     def append(self, name: str, value: bytes) -> None:
-        key = self._key(name)
-        value = bytes(value)
-        if not valid_field_value(key, value):
-            raise Err(INVALID_SYNTAX)
+        value = _checked_entry(name, value)
         self._check_mutable()
         size = self._size + _entry_size(name, value)
         if size > FIELDS_SIZE_LIMIT:
             raise Trap(f"fields exceed the {FIELDS_SIZE_LIMIT}-byte limit")
         self._entries.append((name, value))
         self._size = size
+
+
+def _checked_key(name: str) -> str:
+    """The key of a name a guest may set; Err(header-error) otherwise."""
+    key = field_key(name)
+    if key is None:
+        raise Err(INVALID_SYNTAX)
+    if key in FORBIDDEN_HEADERS:
+        raise Err(FORBIDDEN)
+    return key
+
+
+def _checked_entry(name: str, value: bytes) -> bytes:
+    """The value (as bytes) of an entry a guest may add; Err(header-error) otherwise."""
+    # _checked_key inlined: this runs for every header a guest adds.
+    key = field_key(name)
+    if key is None:
+        raise Err(INVALID_SYNTAX)
+    if key in FORBIDDEN_HEADERS:
+        raise Err(FORBIDDEN)
+    value = bytes(value)
+    if not valid_field_value(key, value):
+        raise Err(INVALID_SYNTAX)
+    return value
 
 
 # -- wasi:http/types fields functions ------------------------------------------------
@@ -187,10 +230,7 @@ def fields_new(ctx: WasiCtx) -> Fields:
 
 @types_interface.func("[static]fields.from-list")
 def fields_from_list(ctx: WasiCtx, entries: list[tuple[str, bytes]]) -> Fields:
-    fields = Fields()
-    for name, value in entries:
-        fields.append(name, value)  # raises Err(header-error) on the first bad entry
-    return fields
+    return Fields.from_list(entries)  # raises Err(header-error) on the first bad entry
 
 
 @types_interface.func("[method]fields.get")

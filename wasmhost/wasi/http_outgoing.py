@@ -65,7 +65,9 @@ def is_allowed(allowed: frozenset[str], host: str, port: int) -> bool:
 
 def cancel_in_flight(ctx: WasiCtx) -> None:
     """Stop every outgoing request this store started that is still running."""
-    in_flight: set[concurrent.futures.Future[None]] = ctx.extras.get(_IN_FLIGHT, set())
+    in_flight: set[concurrent.futures.Future[None]] | None = ctx.extras.get(_IN_FLIGHT)
+    if not in_flight:  # the common case: no outgoing request left running
+        return
     for running in list(in_flight):  # list(): the loop thread discards concurrently
         running.cancel()
     in_flight.clear()

@@ -14,8 +14,9 @@ poll_interface = HostInterface("wasi:io/poll")
 class Pollable(HostResource):
     """Ready when ``check()`` is true or the monotonic ``deadline_ns`` has passed.
 
-    ``check`` is called with the store's condition held and must not block;
-    whatever makes it true must call ``WasiCtx.notify`` (pipes do).
+    ``check`` must not block (``WasiCtx.block_until`` calls it, while waiting
+    with the store's condition held); whatever makes it true must call
+    ``WasiCtx.notify`` afterwards (pipes do).
     """
 
     __slots__ = ("check", "deadline_ns")

@@ -1,8 +1,8 @@
 """wasi:io/streams: input and output byte streams over pipes and log sinks.
 
 Stream objects never block by themselves: ``read``/``write`` are immediate and
-``is_ready`` (called with the store's condition held) says whether the next
-call would make progress. The ``blocking-*`` functions wait in
+``is_ready`` (which must not block) says whether the next call would make
+progress. The ``blocking-*`` functions wait in
 ``WasiCtx.block_until``, so a request timeout wakes them.
 """
 from __future__ import annotations
@@ -40,7 +40,7 @@ class InputStream(HostResource):
         raise NotImplementedError
 
     def is_ready(self) -> bool:
-        """True when ``read_now`` would return data or raise (called with the lock held)."""
+        """True when ``read_now`` would return data or raise (must not block)."""
         raise NotImplementedError
 
 
@@ -113,8 +113,18 @@ class OutputStream(HostResource):
         return True
 
     def is_ready(self) -> bool:
-        """True when ``check_write`` would return > 0 or raise (called with the lock held)."""
+        """True when ``check_write`` would return > 0 or raise (must not block)."""
         raise NotImplementedError
+
+    # Fast paths of blocking-write-and-flush; False means "take the general way",
+    # which waits and reports errors. Streams without them always take it.
+    def write_if_ready(self, data: bytes) -> bool:
+        """Write all of ``data`` now if ``check_write`` would permit it (else write nothing)."""
+        return False
+
+    def flush_done(self) -> bool:
+        """True when a blocking flush would return at once without error."""
+        return False
 
 
 class SinkOutputStream(OutputStream):
@@ -173,6 +183,13 @@ class PipeOutputStream(OutputStream):
 
     def is_ready(self) -> bool:
         return self.pipe.writable()
+
+    def write_if_ready(self, data: bytes) -> bool:
+        return len(data) <= self.max_chunk and self.pipe.write_if_room(data)
+
+    def flush_done(self) -> bool:
+        # flush() does nothing, flushed() holds and check_write() would not raise.
+        return self.pipe.open_below_bound()
 
 
 # -- wasi:io/streams functions -------------------------------------------------
@@ -257,22 +274,31 @@ def _blocking_flush(ctx: WasiCtx, stream: OutputStream) -> None:
 
 
 def _blocking_write(ctx: WasiCtx, stream: OutputStream, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
+    # Slicing by offset copies each chunk once (a slice covering all of a bytes
+    # object is the object itself), without the cost of a memoryview.
+    offset = 0
+    while offset < len(data):
         ctx.block_until(stream.is_ready)
         permit = _check_write(stream)
         if permit == 0:
             continue
-        chunk = bytes(view[:permit])
+        chunk = data[offset:offset + permit]
         _write(stream, chunk)
-        view = view[len(chunk):]
+        offset += len(chunk)
 
 
 @streams_interface.func("[method]output-stream.blocking-write-and-flush")
 def output_blocking_write_and_flush(ctx: WasiCtx, self: OutputStream, contents: bytes) -> None:
     if len(contents) > BLOCKING_WRITE_LIMIT:
         raise Trap(f"blocking-write-and-flush: {len(contents)} bytes exceed the {BLOCKING_WRITE_LIMIT}-byte limit")
-    _blocking_write(ctx, self, contents)
+    # Usually everything fits at once and the stream is flushed right after:
+    # do that in two calls; otherwise the general way waits and reports errors
+    # (the interruption checks stand for those of block_until).
+    if ctx.interrupted is None and self.write_if_ready(contents):
+        if ctx.interrupted is None and self.flush_done():
+            return
+    else:
+        _blocking_write(ctx, self, contents)
     _blocking_flush(ctx, self)
 
 

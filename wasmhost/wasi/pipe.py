@@ -110,6 +110,26 @@ class Pipe:
             self._changed()
         self._wake_worker()
 
+    def write_if_room(self, data: bytes) -> bool:
+        """Writer side, fast path: append all of ``data`` if the pipe is open and
+        ``capacity()`` would permit it (one lock round instead of several); else
+        write nothing and return False, leaving errors to ``capacity``/``write``."""
+        with self._lock:
+            if self._error is not None or self._ended or len(data) > self.capacity_limit - self._buffered:
+                return False
+            if not data:
+                return True
+            self._chunks.append(bytes(data))
+            self._buffered += len(data)
+            self._changed()
+        self._wake_worker()
+        return True
+
+    def open_below_bound(self) -> bool:
+        """Writer side: neither ended nor failed (``capacity()`` would not raise) and below the bound."""
+        with self._lock:
+            return self._error is None and not self._ended and self._buffered < self.capacity_limit
+
     async def feed(self, data: bytes) -> None:
         """Loop side: write ``data``, waiting while the pipe is over its bound."""
         while True:
@@ -145,6 +165,11 @@ class Pipe:
             return self._buffered == 0 or self._error is not None
 
     # -- reader side ------------------------------------------------------
+    def exhausted(self) -> bool:
+        """The reader has seen everything: the pipe ended and is empty, or it failed."""
+        with self._lock:
+            return self._error is not None or (self._ended and self._buffered == 0)
+
     def readable(self) -> bool:
         """True when ``read`` would return data or raise (end or failure)."""
         with self._lock:
