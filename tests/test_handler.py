@@ -127,6 +127,7 @@ class FakeState:
         max_instance_reuse_count: int = 1,
         max_instance_concurrent_reuse_count: int = 1,
         max_instances: int | None = None,
+        max_busy_instances: int | None = None,
         clock: Callable[[], float] = time.monotonic,
         fail_new_store: Callable[[int | None], bool] = lambda req_id: False,
         fail_instantiate: Callable[[FakeStore], bool] = lambda store: False,
@@ -137,6 +138,7 @@ class FakeState:
         self.max_instance_reuse_count = max_instance_reuse_count
         self.max_instance_concurrent_reuse_count = max_instance_concurrent_reuse_count
         self.max_instances = max_instances
+        self.max_busy_instances = max_busy_instances
         self.clock = clock
         self.fail_new_store = fail_new_store
         self.fail_instantiate = fail_instantiate
@@ -296,6 +298,7 @@ def run_one(handler: ProxyHandler, body: Body = instant) -> FakeTask:
         ("max_instance_reuse_count", 0, "max_instance_reuse_count must be at least 1"),
         ("max_instance_concurrent_reuse_count", 0, "max_instance_concurrent_reuse_count must be at least 1"),
         ("max_instances", 0, "max_instances must be at least 1"),
+        ("max_busy_instances", 0, "max_busy_instances must be at least 1"),
         ("request_timeout", 0, "request_timeout must be positive"),
         ("idle_instance_timeout", -1, "idle_instance_timeout must not be negative"),
     ],
@@ -549,6 +552,41 @@ def test_max_instances_bounds_live_instances_and_queues_the_rest() -> None:
     assert state.peak_live_stores == 2 and len(state.stores) == 2
     close(handler)
     assert state.violations == []
+
+
+def test_busy_bound_queues_cpu_bound_tasks_for_the_running_instances() -> None:
+    state = FakeState(max_busy_instances=2, max_instance_reuse_count=100)
+    handler = ProxyHandler(state, None)
+    release = threading.Event()
+    tasks = [spawn(handler, executing_until(release))[1] for _ in range(6)]
+    stats = handler.stats()
+    assert stats.live_workers == 2 and stats.busy_workers == 2 and stats.queued_tasks == 4
+    release.set()
+    for task in tasks:
+        assert task.wait().error is None
+    assert state.peak_live_stores == 2 and len(state.stores) == 2  # the queue ran on them
+    close(handler)
+    assert state.violations == []
+
+
+def test_a_task_waiting_on_io_frees_its_busy_slot() -> None:
+    state = FakeState(max_busy_instances=1, max_instance_reuse_count=100)
+    handler = ProxyHandler(state, None)
+    io_done, cpu_done = threading.Event(), threading.Event()
+    io_task = spawn(handler, io_until(io_done))[1]
+    wait_until(lambda: handler.stats().busy_workers == 0)  # it waits on I/O: not busy
+    cpu_task = spawn(handler, executing_until(cpu_done))[1]
+    wait_until(lambda: handler.stats().live_workers == 2)  # so a second instance started
+    queued = spawn(handler)[1]
+    stats = handler.stats()
+    assert stats.busy_workers == 1 and stats.queued_tasks == 1  # but not a third
+    cpu_done.set()
+    queued.wait()
+    assert queued.store is cpu_task.wait().store
+    io_done.set()
+    assert io_task.wait().error is None
+    assert len(state.stores) == 2
+    close(handler)
 
 
 def test_queued_tasks_start_new_workers_as_slots_free() -> None:
@@ -827,13 +865,15 @@ class SimLane:
         self.released = True
 
 
-def check_stats(stats: HandlerStats, max_instances: int | None) -> None:
+def check_stats(stats: HandlerStats, max_instances: int | None, max_busy: int | None = None) -> None:
     if max_instances is not None:
         assert stats.live_workers <= max_instances
     if stats.queued_tasks:
         # Nothing waits in the queue while a worker could take it or a new one could start.
         assert stats.available_workers == 0
-        assert max_instances is not None and stats.live_workers == max_instances
+        assert (max_instances is not None and stats.live_workers == max_instances) or (
+            max_busy is not None and stats.busy_workers >= max_busy
+        )
 
 
 def check_tasks(tasks: list[FakeTask], state: FakeState) -> None:
@@ -847,6 +887,7 @@ def check_tasks(tasks: list[FakeTask], state: FakeState) -> None:
 def test_stress_simulated(seed: int) -> None:
     """12,500 tasks per seed in virtual time, every rule checked after every event."""
     rng = random.Random(seed)
+    busy_rng = random.Random(-seed)
     n_tasks = 12_500
 
     def duration() -> float:  # of any lane job: a task, an instantiation, an exit
@@ -859,6 +900,7 @@ def test_stress_simulated(seed: int) -> None:
     while len(tasks) < n_tasks:
         rounds += 1
         max_instances = rng.choice([None, 1, 2, 3, 8, 32])
+        max_busy = busy_rng.choice([None, None, 1, 2, 4])  # own RNG: the other draws stay as they were
         timeout = rng.choice([INF, 0.003, 0.02])
         state = FakeState(
             request_timeout=timeout,
@@ -866,6 +908,7 @@ def test_stress_simulated(seed: int) -> None:
             max_instance_reuse_count=rng.choice([1, 2, 3, 10, 100, 10_000]),
             max_instance_concurrent_reuse_count=rng.choice([1, 1, 2, 4]),
             max_instances=max_instances,
+            max_busy_instances=max_busy,
             clock=sim.now,
             fail_new_store=lambda req_id: rng.random() < 0.005,
             fail_instantiate=lambda store: rng.random() < 0.005,
@@ -897,7 +940,7 @@ def test_stress_simulated(seed: int) -> None:
 
         sim.call_at(sim.clock, partial(arrive, min(2_500, n_tasks - len(tasks))))
         while sim.step():
-            check_stats(handler.stats(), max_instances)
+            check_stats(handler.stats(), max_instances, max_busy)
         stats = handler.stats()
         assert stats.queued_tasks == 0 and stats.running_tasks == 0
         if math.isfinite(state.idle_instance_timeout):
@@ -931,12 +974,14 @@ def timing_out(store: FakeStore, run: TaskRun) -> None:
 def test_stress_real_threads() -> None:
     """100,000 tasks on real threads: 5 rounds, random reuse limits and idle timeouts."""
     rng = random.Random(7)
-    # (max_instances, concurrent reuse, request timeout) per round; the rest is random.
-    rounds = [(4, 1, INF), (None, 1, INF), (3, 3, INF), (8, 1, 0.02), (None, 2, 5.0)]
+    # (max_instances, max_busy_instances, concurrent reuse, request timeout) per round;
+    # the rest is random.
+    rounds = [(4, None, 1, INF), (None, 2, 1, INF), (3, None, 3, INF), (8, 1, 1, 0.02), (None, 3, 2, 5.0)]
     peak_queued = peak_concurrency = timed_out = 0
-    for max_instances, concurrent, timeout in rounds:
+    for max_instances, max_busy, concurrent, timeout in rounds:
         state = FakeState(
             max_instances=max_instances,
+            max_busy_instances=max_busy,
             max_instance_concurrent_reuse_count=concurrent,
             request_timeout=timeout,
             max_instance_reuse_count=rng.choice([1, 2, 7, 50, 1000]),
@@ -957,7 +1002,7 @@ def test_stress_real_threads() -> None:
             handler.spawn(req_id, task)
             if req_id % 256 == 0:
                 stats = handler.stats()
-                check_stats(stats, max_instances)
+                check_stats(stats, max_instances, max_busy)
                 peak_queued = max(peak_queued, stats.queued_tasks)
         for task in tasks:
             task.wait(10)

@@ -44,7 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-concurrent-requests", type=int, metavar="N",
                        help="requests handled at once; more wait for a slot")
     serve.add_argument("--max-executing-requests", type=int, metavar="N",
-                       help="requests executing guest code at once; those blocked on I/O do not count (default: CPU cores)")
+                       help="requests executing guest code at once; while that many instances are busy, requests "
+                            "queue for them instead of starting more; those blocked on I/O do not count (default: CPU cores)")
     serve.add_argument("--allow-outgoing", action="append", metavar="HOST[:PORT]",
                        help="let the guest send outgoing requests to this authority (repeatable)")
     serve.add_argument("--max-request-body", type=int, metavar="BYTES",

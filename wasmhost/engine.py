@@ -310,6 +310,9 @@ class GuestInstance:
         self.ctx: WasiCtx = binding.ctx
         self._func = func
         self._func_ptr = ctypes.addressof(func)
+        # A fresh instance's first call is slow (its memory is touched for the
+        # first time): it runs without the GIL from the start.
+        self._gil_hold_ticks = 0
         self._interrupt_state = interrupt_state
         self._args = ctypes.create_string_buffer(capi.VAL_SIZE * HANDLE_ARGS)
 
@@ -324,8 +327,9 @@ class GuestInstance:
         if compiled is not None:
             error = compiled.call_handler(
                 self._func_ptr, binding.ctx_ptr, binding.table, request, engine._request_type,
-                response_out, engine._outparam_type, engine.options.gil_hold_ticks,
+                response_out, engine._outparam_type, self._gil_hold_ticks,
             )
+            self._gil_hold_ticks = engine.options.gil_hold_ticks
         else:
             args = ctypes.addressof(self._args)
             second = args + capi.VAL_SIZE

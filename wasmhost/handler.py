@@ -16,15 +16,21 @@ tasks, the lanes) that run after the lock is released.
 
 Dispatch. ``spawn`` queues the task and dispatches the queue at once: to an
 available worker, else to a newly started worker (the direct handoff of the
-reference, skipping the queue) while fewer than ``max_instances`` are live.
-Because decisions happen under the lock, the reference's "start a worker if
-the available count dropped to zero meanwhile" race cannot occur; instead this
-invariant holds between events, so no task is ever orphaned in the queue:
+reference, skipping the queue) while fewer than ``max_instances`` are live
+and fewer than ``max_busy_instances`` are *busy* (starting, or running a task
+that is not waiting on I/O). The second bound keeps CPU-bound load on as many
+instances as there are cores to run them, instead of one cold instance per
+request in flight; tasks blocked on I/O do not count, so I/O-bound load still
+gets an instance per request. Because decisions happen under the lock, the
+reference's "start a worker if the available count dropped to zero
+meanwhile" race cannot occur; instead this invariant holds between events, so
+no task is ever orphaned in the queue:
 
-    queue non-empty  =>  no worker is available  and  max_instances are live
+    queue non-empty  =>  no worker is available  and
+                         (max_instances are live  or  max_busy_instances are busy)
 
 (a worker that becomes able to accept takes from the queue first; a worker
-that exits dispatches the queue once its slot is free).
+that stops being busy, or exits, dispatches the queue).
 
 A worker accepts a task only while it has served fewer than
 ``max_instance_reuse_count`` tasks, runs fewer than
@@ -139,7 +145,7 @@ class _Worker:
     __slots__ = (
         "worker_id", "phase", "store", "has_store", "instance", "write_profile", "runs", "live_runs",
         "executing", "accepted", "req_ids", "idle_lanes", "draining", "error",
-        "interrupt_reason", "interrupted", "idle_timer", "idle_generation",
+        "interrupt_reason", "interrupted", "idle_timer", "idle_generation", "busy",
     )
 
     def __init__(self, worker_id: int) -> None:
@@ -161,6 +167,7 @@ class _Worker:
         self.interrupted = False
         self.idle_timer: TimerHandle | None = None
         self.idle_generation = 0           # invalidates an idle timer already firing
+        self.busy = True                   # counted in ProxyHandler._busy (see _update_busy)
 
 
 def _run_effects(effects: list[Effect]) -> None:
@@ -183,6 +190,7 @@ class ProxyHandler:
         self._max_reuse = state.max_instance_reuse_count
         self._max_concurrent = state.max_instance_concurrent_reuse_count
         self._max_instances = state.max_instances
+        self._max_busy = state.max_busy_instances
         self._request_timeout = float(state.request_timeout)
         self._idle_timeout = float(state.idle_instance_timeout)
         if self._max_reuse < 1:
@@ -193,6 +201,8 @@ class ProxyHandler:
             )
         if self._max_instances is not None and self._max_instances < 1:
             raise ValueError(f"max_instances must be at least 1 or None (got {self._max_instances})")
+        if self._max_busy is not None and self._max_busy < 1:
+            raise ValueError(f"max_busy_instances must be at least 1 or None (got {self._max_busy})")
         if not self._request_timeout > 0:
             raise ValueError(f"request_timeout must be positive (got {self._request_timeout})")
         if not self._idle_timeout >= 0:
@@ -211,6 +221,7 @@ class ProxyHandler:
         self._force_closed = False
         self._on_all_exited: list[Effect] = []
         self._running = 0
+        self._busy = 0  # workers with .busy set
         self._workers_started = 0
         self._tasks_accepted = 0
 
@@ -229,7 +240,7 @@ class ProxyHandler:
         with self._lock:
             return HandlerStats(
                 len(self._workers), len(self._available), len(self._queue), self._running,
-                self._workers_started, self._tasks_accepted,
+                self._workers_started, self._tasks_accepted, self._busy,
             )
 
     def spawn(self, req_id: int | None, task: Task) -> None:
@@ -303,15 +314,37 @@ class ProxyHandler:
             req_id, task = queue.popleft()
             self._accept(worker, req_id, task, effects)
             self._settle(worker, effects)
+        return self._start_workers(effects, spare_lane)
+
+    def _start_workers(self, effects: list[Effect], spare_lane: Lane | None = None) -> bool:
+        """Start workers for queued tasks while under max_instances and max_busy_instances."""
+        queue = self._queue
         lane_for_next = spare_lane
-        while queue and (self._max_instances is None or len(self._workers) < self._max_instances):
+        while (
+            queue
+            and (self._max_instances is None or len(self._workers) < self._max_instances)
+            and (self._max_busy is None or self._busy < self._max_busy)
+        ):
             req_id, task = queue.popleft()
-            worker = _Worker(next(self._worker_ids))
+            worker = _Worker(next(self._worker_ids))  # busy: it is starting
+            self._busy += 1
             self._workers[worker.worker_id] = worker
             self._workers_started += 1
             effects.append(partial(self._launch, worker, req_id, task, lane_for_next))
             lane_for_next = None
         return spare_lane is not None and lane_for_next is None
+
+    def _update_busy(self, worker: _Worker, effects: list[Effect]) -> None:
+        """Recount ``worker`` as busy or not; a worker that stops being busy may let one start."""
+        busy = worker.phase is _Phase.STARTING or (
+            worker.phase is _Phase.RUNNING and worker.executing > 0 and worker.live_runs > 0
+        )
+        if busy == worker.busy:
+            return
+        worker.busy = busy
+        self._busy += 1 if busy else -1
+        if not busy and self._queue:
+            self._start_workers(effects)
 
     def _can_accept(self, worker: _Worker) -> bool:
         return (
@@ -355,6 +388,12 @@ class ProxyHandler:
 
     def _settle(self, worker: _Worker, effects: list[Effect]) -> None:
         """Decide what a running worker does next, after any change to it."""
+        try:
+            self._settle_running(worker, effects)
+        finally:
+            self._update_busy(worker, effects)
+
+    def _settle_running(self, worker: _Worker, effects: list[Effect]) -> None:
         if worker.phase is not _Phase.RUNNING:
             return
         if worker.runs and worker.live_runs == 0 and not worker.interrupted:
@@ -387,7 +426,7 @@ class ProxyHandler:
             worker.idle_timer = None
 
     def _begin_exit(self, worker: _Worker, effects: list[Effect]) -> None:
-        worker.phase = _Phase.EXITING
+        worker.phase = _Phase.EXITING  # not busy: _settle recounts it
         self._available.pop(worker.worker_id, None)
         self._cancel_idle_timer(worker)
         lane = worker.idle_lanes.pop()  # every lane is idle: no task is running
@@ -412,6 +451,8 @@ class ProxyHandler:
             error = InstantiationError(exc)
             effects: list[Effect] = [partial(task.fail, error)]
             with self._lock:
+                worker.phase = _Phase.EXITING
+                self._update_busy(worker, effects)
                 self._forget(worker, effects)
             _run_effects(effects)
             self._report(WorkerError(worker.worker_id, () if req_id is None else (req_id,), error))

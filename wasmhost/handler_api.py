@@ -49,6 +49,12 @@ class HandlerState(Protocol):
     def max_instances(self) -> int | None:
         """Live instances at most (tasks beyond wait in the queue); ``None`` = unbounded."""
 
+    @property
+    def max_busy_instances(self) -> int | None:
+        """Start no new instance while this many are busy (starting, or running a task
+        that is not waiting on I/O); tasks wait in the queue for one of them instead.
+        ``None`` = start one whenever none is available, as the reference does."""
+
     def new_store(self, req_id: int | None) -> tuple[Any, WriteProfile | None]:
         """A new store and an optional callback writing its profile (called once at worker exit).
 
@@ -120,3 +126,4 @@ class HandlerStats:
     running_tasks: int        # accepted and not yet returned from run_task
     workers_started: int
     tasks_accepted: int
+    busy_workers: int         # starting, or running a task not waiting on I/O

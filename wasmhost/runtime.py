@@ -98,6 +98,10 @@ class EngineState:
                         settings.max_instance_concurrent_reuse_count)
         self.max_instance_concurrent_reuse_count = 1
         self.max_instances = settings.max_instances
+        # Guest code competes for the GIL and the cores: while this many
+        # instances are busy executing, requests queue for them rather than
+        # each starting a cold instance of its own (I/O waits do not count).
+        self.max_busy_instances = runtime.executing_slots
 
     def new_store(self, req_id: int | None) -> tuple[WasiCtx, Callable[[], None] | None]:
         runtime = self.runtime
@@ -146,8 +150,8 @@ class Runtime:
         )
         self.header_overrides = settings.header_overrides()
         self.profiler = guest_profiler(settings.profile)
-        slots = settings.max_executing_requests or os.cpu_count() or 1
-        self.cpu_slots = threading.BoundedSemaphore(slots)
+        self.executing_slots = settings.max_executing_requests or os.cpu_count() or 1
+        self.cpu_slots = threading.BoundedSemaphore(self.executing_slots)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.http_client: Any = None
         self.proxy: ProxyHandler | None = None

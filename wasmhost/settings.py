@@ -78,9 +78,12 @@ class Settings(BaseSettings):
     max_concurrent_requests: int | None = Field(default=None, ge=1)
     # Guest code (and the Python host calls it makes) competes for the GIL:
     # letting more requests execute at once than there are cores only adds
-    # contention. Requests blocked on I/O do not hold a slot.
+    # contention, and starting an instance per request in flight only adds
+    # cold instances. Requests blocked on I/O do not hold a slot.
     max_executing_requests: int | None = Field(
-        default=None, ge=1, description="Requests executing guest code at once (default: CPU cores).")
+        default=None, ge=1,
+        description="Requests executing guest code at once; while that many instances are busy, "
+                    "requests queue for them instead of starting more (default: CPU cores).")
     allow_outgoing: list[str] = Field(
         default_factory=list, description="HOST[:PORT] the guest may send outgoing requests to.")
     profile: str | None = Field(default=None, description="guest[,PATH] or perfmap.")

@@ -718,13 +718,14 @@ static PyObject *py_interrupt(PyObject *self, PyObject *args) {
 }
 
 /* Call a component function with the GIL held until it returns or `hold_ticks`
- * epoch ticks pass, whichever is first (then epoch_reached drops it). */
+ * epoch ticks pass, whichever is first (then epoch_reached drops it); with
+ * `hold_ticks` 0 the GIL is dropped at once, as ctypes calls do. */
 static void *call_holding_gil(void *func, void *ctx, val *args, size_t nargs, unsigned long long hold_ticks) {
     /* The deadline is relative to now: an idle instance's stale deadline would
      * otherwise fire (and drop the GIL) at the first instruction. */
     w_set_epoch_deadline(ctx, hold_ticks > 0 ? hold_ticks : 1);
     in_guest_call = 1;
-    released = NULL;
+    released = hold_ticks > 0 ? NULL : PyEval_SaveThread();
     void *error = w_func_call(func, ctx, args, nargs, NULL, 0);
     if (released != NULL) {
         PyEval_RestoreThread(released);
