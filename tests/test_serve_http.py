@@ -124,10 +124,26 @@ async def test_declared_content_length_goes_out(serve, guest) -> None:
     assert "transfer-encoding" not in resp.headers
 
 
-async def test_body_without_length_is_chunked(serve, guest) -> None:
+async def test_body_finished_before_the_head_goes_out_gets_a_length(serve, guest) -> None:
     client = await serve(guest("hello"))
     resp = await client.get("/")
+    assert resp.headers.get("content-length") == str(len(await resp.read()))
+    assert "transfer-encoding" not in resp.headers
+
+
+async def test_body_still_streaming_when_the_head_goes_out_is_chunked(serve, guest) -> None:
+    # echo streams the request body back while it arrives: its response head
+    # goes out before the body is complete, so the length is unknown.
+    client = await serve(guest("echo"))
+
+    async def slow_body():
+        yield b"first "
+        await asyncio.sleep(0.2)
+        yield b"second"
+
+    resp = await client.post("/", data=slow_body())
     assert resp.headers.get("transfer-encoding") == "chunked"
+    assert await resp.read() == b"first second"
 
 
 async def test_trailers_are_sent_on_chunked_responses(serve, guest) -> None:

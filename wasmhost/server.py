@@ -154,9 +154,14 @@ async def _send(request: web.Request, response: Any, req_id: int) -> web.StreamR
         if name in _FRAMING_HEADERS:
             continue
         headers.add(name, value.decode("latin-1"))
-    out = web.StreamResponse(status=response.status, headers=headers)
     pipe: Pipe | None = response.body
     has_body = request.method != "HEAD" and response.status >= 200 and response.status not in _NO_BODY_STATUSES
+    complete = pipe.take_complete() if has_body and pipe is not None else None
+    if complete is not None and not response.trailers():
+        # The guest finished before we started sending (the common case): one
+        # write of head and body, framed by its length rather than chunked.
+        return web.Response(status=response.status, headers=headers, body=complete)
+    out = web.StreamResponse(status=response.status, headers=headers)
     if declared_length is not None:
         out.content_length = declared_length
     elif has_body and request.version >= (1, 1):
@@ -173,10 +178,8 @@ async def _send(request: web.Request, response: Any, req_id: int) -> web.StreamR
                 continue
         await out.write_eof()
         return out
-    complete = pipe.take_complete()
-    if complete is not None:
-        # The guest finished before we started sending: one write, no streaming.
-        if not response.trailers() or not out.chunked:
+    if complete is not None:  # finished, with trailers: they need the chunked framing
+        if not out.chunked:
             await out.write_eof(complete)
             return out
         await out.write(complete)
