@@ -2,12 +2,13 @@
 
     python benchmarks/host_calls.py [GUEST ...]      # default: wat-hello hello
 
+For the compiled binding (``wasmhost.binding._native``) and the pure-Python one:
+
 1. The floor: a WAT component calling a ``u32 -> u32`` host function in a
-   loop (ctypes callback + our trampoline + wasmtime's dynamic call path).
+   loop (trampoline + conversions + wasmtime's dynamic call path).
 2. For each guest: one request through ``HttpTask.run`` on a reused instance,
-   inline on this thread (no event loop round trips), split into the time
-   spent inside our host-call trampolines (conversions + host functions) and
-   the rest (wasm and wasmtime).
+   inline on this thread (no event loop round trips): wasm, host calls and
+   the request's own bookkeeping.
 """
 from __future__ import annotations
 
@@ -43,12 +44,12 @@ FLOOR_WAT = """(component
 )"""
 
 
-def floor(calls: int = 50_000) -> float:
+def floor(compiled: bool, calls: int = 50_000) -> float:
     engine = build_engine(EngineOptions())
     component = wc.Component(engine, FLOOR_WAT)
     iface = HostInterface("bench:x/h")
     iface.functions["f"] = lambda ctx, a: a
-    host = binding_linker.HostLinker(engine, [iface])
+    host = binding_linker.HostLinker(engine, [iface], compiled=compiled)
     linker = host.link(component)
     store = Store(engine)
     store.set_epoch_deadline(1 << 40)
@@ -65,27 +66,20 @@ class _NoScheduler:
         return contextlib.nullcontext()
 
 
-async def per_request(guest: str, requests: int = 3000) -> tuple[float, float]:
+async def per_request(guest: str, compiled: bool, requests: int = 3000) -> float:
     from guests.build import build_guest
+    from wasmhost.binding import native
     from wasmhost.runtime import HttpTask, Runtime
     from wasmhost.settings import Settings
     from wasmhost.wasi.http_exchange import HttpExchange
 
-    inside = [0.0]
-    original = binding_linker.HostLinker._call
-
-    def timed(self: binding_linker.HostLinker, *args: int) -> int:
-        started = time.perf_counter()
-        try:
-            return original(self, *args)
-        finally:
-            inside[0] += time.perf_counter() - started
-
-    binding_linker.HostLinker._call = timed  # before the runtime builds its trampolines
+    module = native.module
+    if not compiled:
+        native.module = None  # read once, when the engine is built
     try:
         runtime = Runtime(Settings(component=build_guest(guest)))
     finally:
-        binding_linker.HostLinker._call = original
+        native.module = module
     loop = asyncio.get_running_loop()
     instance = runtime.engine.instantiate(WasiCtx(runtime.wasi_config, loop))
 
@@ -95,20 +89,23 @@ async def per_request(guest: str, requests: int = 3000) -> tuple[float, float]:
             HttpTask(0, exchange).run(instance, _NoScheduler())  # type: ignore[arg-type]
 
     serve(300)  # warm up
-    inside[0] = 0.0
     started = time.perf_counter()
     serve(requests)
     total = (time.perf_counter() - started) / requests * 1e6
     instance.close()
-    return total, inside[0] / requests * 1e6
+    return total
 
 
 async def main(guests: list[str]) -> None:
-    print(f"u32 -> u32 host call (floor): {floor():.2f} us per call")
-    for guest in guests:
-        total, inside = await per_request(guest)
-        print(f"{guest}: {total:.0f} us per request on a reused instance, "
-              f"{inside:.0f} us of it inside host-call trampolines")
+    from wasmhost.binding import native
+
+    bindings = ([True] if native.module is not None else []) + [False]
+    for compiled in bindings:
+        name = "compiled" if compiled else "pure-Python"
+        print(f"{name} binding: u32 -> u32 host call (floor): {floor(compiled):.2f} us per call")
+        for guest in guests:
+            total = await per_request(guest, compiled)
+            print(f"{name} binding: {guest}: {total:.0f} us per request on a reused instance")
 
 
 if __name__ == "__main__":
