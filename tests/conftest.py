@@ -64,9 +64,9 @@ def free_port() -> int:
 class ProcessServer:
     """A server process (wasmhost or the reference `wasmtime serve`) on a loopback port."""
 
-    def __init__(self, cmd: list[str], port: int, startup_timeout: float = 120) -> None:
+    def __init__(self, cmd: list[str], port: int, startup_timeout: float = 120, **popen: Any) -> None:
         self.port = port
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
         deadline = time.monotonic() + startup_timeout
         while time.monotonic() < deadline:
             try:

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -107,27 +109,51 @@ def serve(settings: Any) -> int:
     except ComponentError as exc:
         return _fail(str(exc))
     host, port = parse_addr(settings.addr)
+    try:
+        socks = bind(host, port)
+    except OSError as exc:
+        return _fail(f"cannot listen on {settings.addr}: {exc.strerror or exc}")
     if settings.workers > 1:
-        from .workers import bind, run_workers
+        from .workers import run_workers
 
         # The component is known to be servable; each worker loads its own copy
         # (from the compiled-component cache this one just filled).
         del runtime
-        try:
-            socks = bind(host, port)
-        except OSError as exc:
-            return _fail(f"cannot listen on {settings.addr}: {exc.strerror or exc}")
         return run_workers(settings, socks)
     app = create_app(settings, runtime=runtime)
+    tune_gc()
     shown = f"[{host}]" if ":" in host else host
+    real_port = socks[0].getsockname()[1]  # also for --addr HOST:0
     web.run_app(
-        app, host=host, port=port, access_log=None,
-        print=lambda _: print(f"Serving HTTP on http://{shown}:{port}/", file=sys.stderr, flush=True),
+        app, sock=socks, access_log=None,
+        print=lambda _: print(f"Serving HTTP on http://{shown}:{real_port}/", file=sys.stderr, flush=True),
     )
     return 0
 
 
-def _tune_gc() -> None:
+def bind(host: str, port: int, backlog: int = 128) -> list[socket.socket]:
+    """Listening sockets on every address ``host`` resolves to, set up as asyncio's create_server does."""
+    socks: list[socket.socket] = []
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if port == 0 and len(socks) > 1:  # one port for all addresses, the first one's
+                address = (address[0], socks[0].getsockname()[1], *address[2:])
+            sock.bind(address)
+            sock.listen(backlog)
+    except OSError:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
+
+
+def tune_gc() -> None:
     """Keep the cyclic GC off the request path (this process is ours; embedders decide for theirs).
 
     Each full collection walks every object of the loaded server (~150,000:
