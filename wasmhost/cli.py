@@ -110,7 +110,7 @@ def serve(settings: Any) -> int:
         return _fail(str(exc))
     host, port = parse_addr(settings.addr)
     try:
-        socks = bind(host, port)
+        socket_groups = bind(host, port, copies=settings.workers)
     except OSError as exc:
         return _fail(f"cannot listen on {settings.addr}: {exc.strerror or exc}")
     if settings.workers > 1:
@@ -119,10 +119,11 @@ def serve(settings: Any) -> int:
         # The component is known to be servable; each worker loads its own copy
         # (from the compiled-component cache this one just filled).
         del runtime
-        return run_workers(settings, socks)
+        return run_workers(settings, socket_groups)
     app = create_app(settings, runtime=runtime)
     tune_gc()
     shown = f"[{host}]" if ":" in host else host
+    (socks,) = socket_groups
     real_port = socks[0].getsockname()[1]  # also for --addr HOST:0
     web.run_app(
         app, sock=socks, access_log=None,
@@ -131,26 +132,37 @@ def serve(settings: Any) -> int:
     return 0
 
 
-def bind(host: str, port: int, backlog: int = 128) -> list[socket.socket]:
-    """Listening sockets on every address ``host`` resolves to, set up as asyncio's create_server does."""
-    socks: list[socket.socket] = []
+def bind(host: str, port: int, copies: int = 1, backlog: int = 128) -> list[list[socket.socket]]:
+    """``copies`` sets of listening sockets on every address ``host`` resolves to,
+    set up as asyncio's create_server does.
+
+    With several copies (one per worker process) every socket has
+    SO_REUSEPORT, so the kernel spreads new connections over the workers;
+    with one socket shared by all workers, whichever woke first would take
+    most keep-alive connections and leave the others idle.
+    """
+    groups: list[list[socket.socket]] = [[] for _ in range(copies)]
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         for family, kind, proto, _, address in dict.fromkeys(infos):
-            sock = socket.socket(family, kind, proto)
-            socks.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            if port == 0 and len(socks) > 1:  # one port for all addresses, the first one's
-                address = (address[0], socks[0].getsockname()[1], *address[2:])
-            sock.bind(address)
-            sock.listen(backlog)
+            for group in groups:
+                sock = socket.socket(family, kind, proto)
+                group.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if copies > 1:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                if port == 0 and groups[0][0] is not sock:  # one port for everything: the first one's
+                    address = (address[0], groups[0][0].getsockname()[1], *address[2:])
+                sock.bind(address)
+                sock.listen(backlog)
     except OSError:
-        for sock in socks:
-            sock.close()
+        for group in groups:
+            for sock in group:
+                sock.close()
         raise
-    return socks
+    return groups
 
 
 def tune_gc() -> None:

@@ -1,10 +1,11 @@
-"""``wasmhost serve --workers N``: N server processes accepting on one listening socket.
+"""``wasmhost serve --workers N``: N server processes accepting on one address.
 
 A Python process is bound by its GIL, so one wasmhost process uses mostly one
 core; N processes, each with its own event loop, wasmtime engine and
-instances, use N. The parent (``cli``) binds the socket, so a busy address
-fails before anything starts; this module starts the workers, relays SIGINT/SIGTERM to them as
-SIGTERM and waits.
+instances, use N. The parent (``cli``) binds one SO_REUSEPORT socket per
+worker, so a busy address fails before anything starts and the kernel spreads
+connections evenly; this module starts the workers, relays SIGINT/SIGTERM to
+them as SIGTERM and waits.
 
 Workers are *spawned* (fresh interpreters), not forked: compiling a
 component starts wasmtime's compiler thread pool in the compiling process,
@@ -35,20 +36,21 @@ from .settings import Settings, parse_addr
 log = logging.getLogger("wasmhost.workers")
 
 
-def run_workers(settings: Settings, socks: list[socket.socket]) -> int:
-    """Serve on ``socks`` from ``settings.workers`` processes until SIGINT/SIGTERM; the exit status.
+def run_workers(settings: Settings, socket_groups: list[list[socket.socket]]) -> int:
+    """Serve from ``settings.workers`` processes, worker ``i`` on ``socket_groups[i]``, until
+    SIGINT/SIGTERM; the exit status.
 
     0 after a graceful stop; 1 if a worker ended on its own (the others are
     then stopped too: no respawning) or did not stop cleanly.
     """
     host, _ = parse_addr(settings.addr)
     shown = f"[{host}]" if ":" in host else host
-    port = socks[0].getsockname()[1]  # the real one, also for --addr HOST:0
+    port = socket_groups[0][0].getsockname()[1]  # the real one, also for --addr HOST:0
     context = multiprocessing.get_context("spawn")
     parent = os.getpid()
     workers = [
         context.Process(target=_worker, args=(index, settings, socks, parent), name=f"worker {index}")
-        for index in range(1, settings.workers + 1)
+        for index, socks in enumerate(socket_groups, start=1)
     ]
     running: dict[int, BaseProcess] = {}  # sentinel -> started worker not yet reaped
     stopping = False
@@ -75,7 +77,7 @@ def run_workers(settings: Settings, socks: list[socket.socket]) -> int:
             worker.start()
             running[worker.sentinel] = worker
         signal.signal(signal.SIGINT, stop)
-        for sock in socks:
+        for sock in (sock for group in socket_groups for sock in group):
             sock.close()  # the workers hold them now; the port is freed when they exit
         if stopping:
             stop()  # a signal came while they were being started
