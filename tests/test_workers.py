@@ -35,8 +35,15 @@ class Workers(ProcessServer):
             port, start_new_session=True,
         )
 
-    def workers(self) -> list[int]:
-        """The parent's children that hold the listening socket."""
+    def workers(self, expected: int = 2, timeout: float = 30) -> list[int]:
+        """The parent's children that hold a listening socket, once ``expected`` of them do
+        (spawned workers receive their sockets while they start up)."""
+        deadline = time.monotonic() + timeout
+        while len(found := self._workers()) < expected and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return found
+
+    def _workers(self) -> list[int]:
         sockets = {f"socket:[{inode}]" for inode in _listening_inodes(self.port)}
         found = []
         for pid in _children(self.proc.pid):
