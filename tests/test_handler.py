@@ -128,6 +128,7 @@ class FakeState:
         max_instance_concurrent_reuse_count: int = 1,
         max_instances: int | None = None,
         max_busy_instances: int | None = None,
+        busy_slice: float = INF,
         clock: Callable[[], float] = time.monotonic,
         fail_new_store: Callable[[int | None], bool] = lambda req_id: False,
         fail_instantiate: Callable[[FakeStore], bool] = lambda store: False,
@@ -139,6 +140,8 @@ class FakeState:
         self.max_instance_concurrent_reuse_count = max_instance_concurrent_reuse_count
         self.max_instances = max_instances
         self.max_busy_instances = max_busy_instances
+        self.busy_slice = busy_slice
+        self.long_running: list[FakeStore] = []  # task_running_long calls
         self.clock = clock
         self.fail_new_store = fail_new_store
         self.fail_instantiate = fail_instantiate
@@ -215,6 +218,10 @@ class FakeState:
             assert at is not None
             if not (run.accepted_at + t <= at <= run.accepted_at + 2 * t + 1e-12):
                 self.violations.append(f"interrupt at {at}, task accepted at {run.accepted_at}")
+
+    def task_running_long(self, store: FakeStore) -> None:
+        with self.lock:
+            self.long_running.append(store)
 
     def interrupt(self, store: FakeStore, reason: str) -> None:
         store.interrupted_at = self.clock()
@@ -299,6 +306,7 @@ def run_one(handler: ProxyHandler, body: Body = instant) -> FakeTask:
         ("max_instance_concurrent_reuse_count", 0, "max_instance_concurrent_reuse_count must be at least 1"),
         ("max_instances", 0, "max_instances must be at least 1"),
         ("max_busy_instances", 0, "max_busy_instances must be at least 1"),
+        ("busy_slice", 0, "busy_slice must be positive"),
         ("request_timeout", 0, "request_timeout must be positive"),
         ("idle_instance_timeout", -1, "idle_instance_timeout must not be negative"),
     ],
@@ -587,6 +595,27 @@ def test_a_task_waiting_on_io_frees_its_busy_slot() -> None:
     assert io_task.wait().error is None
     assert len(state.stores) == 2
     close(handler)
+
+
+def test_a_long_running_task_stops_counting_as_busy() -> None:
+    state = FakeState(max_busy_instances=1, busy_slice=0.05, max_instance_reuse_count=100)
+    handler = ProxyHandler(state, None)
+    release = threading.Event()
+    started = time.monotonic()
+    long_task = spawn(handler, executing_until(release))[1]
+    short = spawn(handler)[1]
+    assert handler.stats().queued_tasks == 1  # behind the busy instance, for now
+    short.wait()
+    assert time.monotonic() - started >= 0.05  # only once the slice was used up
+    wait_until(lambda: len(state.long_running) == 1)
+    assert short.store is not None and short.store is not state.long_running[0]  # on a new instance
+    assert handler.stats().busy_workers == 0
+    release.set()
+    assert long_task.wait().error is None
+    quick = spawn(handler)[1].wait()  # a quick task is never reported
+    assert quick.error is None and len(state.long_running) == 1
+    close(handler)
+    assert state.violations == []
 
 
 def test_queued_tasks_start_new_workers_as_slots_free() -> None:
@@ -901,6 +930,7 @@ def test_stress_simulated(seed: int) -> None:
         rounds += 1
         max_instances = rng.choice([None, 1, 2, 3, 8, 32])
         max_busy = busy_rng.choice([None, None, 1, 2, 4])  # own RNG: the other draws stay as they were
+        busy_slice = busy_rng.choice([INF, 0.001, 0.01])
         timeout = rng.choice([INF, 0.003, 0.02])
         state = FakeState(
             request_timeout=timeout,
@@ -909,6 +939,7 @@ def test_stress_simulated(seed: int) -> None:
             max_instance_concurrent_reuse_count=rng.choice([1, 1, 2, 4]),
             max_instances=max_instances,
             max_busy_instances=max_busy,
+            busy_slice=busy_slice,
             clock=sim.now,
             fail_new_store=lambda req_id: rng.random() < 0.005,
             fail_instantiate=lambda store: rng.random() < 0.005,
@@ -982,6 +1013,7 @@ def test_stress_real_threads() -> None:
         state = FakeState(
             max_instances=max_instances,
             max_busy_instances=max_busy,
+            busy_slice=0.0002 if max_busy == 2 else INF,
             max_instance_concurrent_reuse_count=concurrent,
             request_timeout=timeout,
             max_instance_reuse_count=rng.choice([1, 2, 7, 50, 1000]),

@@ -171,3 +171,18 @@ async def test_timeout_while_waiting_for_an_execution_slot(serve, guest) -> None
     assert (await spin).status == 504
     for _ in range(3):
         assert (await client.get("/")).status == 200
+
+
+async def test_a_long_request_does_not_hold_the_others_back(serve, guest) -> None:
+    # One executing slot, taken by a guest spinning until its timeout: after
+    # the busy slice (0.1 s) it gives the slot up and a healthy request gets a
+    # fresh instance instead of waiting for the spinner's 2 s timeout.
+    client = await serve(guest("misbehave"), max_executing_requests=1, request_timeout="2s")
+    spin = asyncio.ensure_future(client.get("/spin"))
+    await asyncio.sleep(0.05)
+    started = time.monotonic()
+    ok = await client.get("/")
+    assert ok.status == 200 and await ok.text() == "ok\n"
+    assert time.monotonic() - started < 1.0
+    assert not spin.done()
+    assert (await spin).status == 504

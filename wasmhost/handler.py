@@ -21,7 +21,9 @@ and fewer than ``max_busy_instances`` are *busy* (starting, or running a task
 that is not waiting on I/O). The second bound keeps CPU-bound load on as many
 instances as there are cores to run them, instead of one cold instance per
 request in flight; tasks blocked on I/O do not count, so I/O-bound load still
-gets an instance per request. Because decisions happen under the lock, the
+gets an instance per request, and neither does a task that has run for
+``busy_slice`` (it is told through ``HandlerState.task_running_long``), so a
+few long requests cannot hold every other request in the queue. Because decisions happen under the lock, the
 reference's "start a worker if the available count dropped to zero
 meanwhile" race cannot occur; instead this invariant holds between events, so
 no task is ever orphaned in the queue:
@@ -105,7 +107,7 @@ class TaskRun:
 
     __slots__ = (
         "task", "req_id", "worker_id", "accepted_at", "deadline", "is_waiting_on_io",
-        "abandoned", "returned", "_handler", "_worker", "_timer", "_lane",
+        "abandoned", "returned", "long_running", "_handler", "_worker", "_timer", "_slice_timer", "_lane",
     )
 
     def __init__(
@@ -123,6 +125,8 @@ class TaskRun:
         self._handler = handler
         self._worker = worker
         self._timer: TimerHandle | None = None
+        self.long_running = False  # ran for busy_slice: no longer counts as busy
+        self._slice_timer: TimerHandle | None = None
         self._lane: Lane | None = None
 
     @contextmanager
@@ -191,6 +195,7 @@ class ProxyHandler:
         self._max_concurrent = state.max_instance_concurrent_reuse_count
         self._max_instances = state.max_instances
         self._max_busy = state.max_busy_instances
+        self._busy_slice = float(state.busy_slice)
         self._request_timeout = float(state.request_timeout)
         self._idle_timeout = float(state.idle_instance_timeout)
         if self._max_reuse < 1:
@@ -203,6 +208,8 @@ class ProxyHandler:
             raise ValueError(f"max_instances must be at least 1 or None (got {self._max_instances})")
         if self._max_busy is not None and self._max_busy < 1:
             raise ValueError(f"max_busy_instances must be at least 1 or None (got {self._max_busy})")
+        if not self._busy_slice > 0:
+            raise ValueError(f"busy_slice must be positive (got {self._busy_slice})")
         if not self._request_timeout > 0:
             raise ValueError(f"request_timeout must be positive (got {self._request_timeout})")
         if not self._idle_timeout >= 0:
@@ -337,7 +344,9 @@ class ProxyHandler:
     def _update_busy(self, worker: _Worker, effects: list[Effect]) -> None:
         """Recount ``worker`` as busy or not; a worker that stops being busy may let one start."""
         busy = worker.phase is _Phase.STARTING or (
-            worker.phase is _Phase.RUNNING and worker.executing > 0 and worker.live_runs > 0
+            worker.phase is _Phase.RUNNING and worker.executing > 0 and any(
+                not run.abandoned and not run.is_waiting_on_io and not run.long_running for run in worker.runs
+            )
         )
         if busy == worker.busy:
             return
@@ -367,6 +376,8 @@ class ProxyHandler:
         self._tasks_accepted += 1
         if math.isfinite(run.deadline):
             run._timer = self._runtime.call_at(run.deadline, partial(self._on_deadline, run))
+        if self._max_busy is not None and math.isfinite(self._busy_slice):
+            run._slice_timer = self._runtime.call_at(now + self._busy_slice, partial(self._on_slice_used, run))
         self._cancel_idle_timer(worker)
         lane = worker.idle_lanes.pop() if worker.idle_lanes else None
         effects.append(partial(self._submit_run, run, lane))
@@ -384,6 +395,7 @@ class ProxyHandler:
         if run._timer is not None:
             run._timer.cancel()
             run._timer = None
+        self._cancel_slice_timer(run)
         effects.append(partial(run.task.fail, error))
 
     def _settle(self, worker: _Worker, effects: list[Effect]) -> None:
@@ -418,6 +430,12 @@ class ProxyHandler:
             self._available.pop(worker.worker_id, None)
             if not worker.runs:
                 self._begin_exit(worker, effects)
+
+    @staticmethod
+    def _cancel_slice_timer(run: TaskRun) -> None:
+        if run._slice_timer is not None:
+            run._slice_timer.cancel()
+            run._slice_timer = None
 
     def _cancel_idle_timer(self, worker: _Worker) -> None:
         worker.idle_generation += 1
@@ -519,6 +537,7 @@ class ProxyHandler:
             if run._timer is not None:
                 run._timer.cancel()
                 run._timer = None
+            self._cancel_slice_timer(run)
             if not run.abandoned:
                 worker.live_runs -= 1
                 if error is not None:
@@ -550,6 +569,18 @@ class ProxyHandler:
                 return
             run._timer = None
             self._abandon(run, RequestTimeoutError(self._request_timeout), effects)
+            self._settle(run._worker, effects)
+        _run_effects(effects)
+
+    def _on_slice_used(self, run: TaskRun) -> None:
+        """A task has run for busy_slice: its instance stops counting as busy (see module doc)."""
+        effects: list[Effect] = []
+        with self._lock:
+            run._slice_timer = None
+            if run.returned or run.abandoned or run.long_running:
+                return
+            run.long_running = True
+            effects.append(partial(self._state.task_running_long, run._worker.store))
             self._settle(run._worker, effects)
         _run_effects(effects)
 

@@ -55,6 +55,10 @@ class HandlerState(Protocol):
         that is not waiting on I/O); tasks wait in the queue for one of them instead.
         ``None`` = start one whenever none is available, as the reference does."""
 
+    @property
+    def busy_slice(self) -> float:
+        """Seconds after which a running task stops counting as busy (``inf`` = never)."""
+
     def new_store(self, req_id: int | None) -> tuple[Any, WriteProfile | None]:
         """A new store and an optional callback writing its profile (called once at worker exit).
 
@@ -71,6 +75,11 @@ class HandlerState(Protocol):
         called from several threads for one store (only while the others wait on I/O);
         the engine serialises access to the store.
         """
+
+    def task_running_long(self, store: Any) -> None:
+        """A task of ``store`` has run for ``busy_slice``: it no longer counts as busy.
+
+        Called on the handler's timer thread, while the task may be running."""
 
     def interrupt(self, store: Any, reason: str) -> None:
         """Make every task running in ``store`` trap soon (epoch deadline, wake blocked

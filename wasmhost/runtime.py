@@ -24,6 +24,11 @@ from .wasi.wakeups import deferred_wakeups
 
 log = logging.getLogger("wasmhost")
 
+# Seconds a request may run guest code before it stops counting as busy (see
+# EngineState): far above a typical request, short enough that a few long
+# ones delay the others only briefly.
+BUSY_SLICE = 0.1
+
 
 def load_engine(settings: Settings) -> WasmEngine:
     options = EngineOptions(
@@ -72,6 +77,7 @@ class HttpTask:
             raise
         finally:
             ctx.release_cpu_slot()
+            ctx.long_running = False  # the next request starts counted again
             ctx.task_run = None
             ctx.stdout.flush()
             ctx.stderr.flush()
@@ -102,6 +108,9 @@ class EngineState:
         # instances are busy executing, requests queue for them rather than
         # each starting a cold instance of its own (I/O waits do not count).
         self.max_busy_instances = runtime.executing_slots
+        # A request that has run this long stops counting as busy and gives its
+        # CPU slot up: a few long requests must not keep short ones queued.
+        self.busy_slice = BUSY_SLICE
 
     def new_store(self, req_id: int | None) -> tuple[WasiCtx, Callable[[], None] | None]:
         runtime = self.runtime
@@ -118,6 +127,9 @@ class EngineState:
 
     def run_task(self, store: WasiCtx, instance: GuestInstance, task: HttpTask, run: TaskRun) -> None:
         task.run(instance, run)
+
+    def task_running_long(self, store: WasiCtx) -> None:
+        store.give_up_cpu_slot()
 
     def interrupt(self, store: WasiCtx, reason: str) -> None:
         store.interrupt(reason)

@@ -125,6 +125,10 @@ class WasiCtx:
         # stores of a server); a store gives its slot up while it blocks.
         self.cpu_slots: threading.Semaphore | None = None
         self.holds_cpu_slot = False
+        # Set (from another thread) once the request has run long: it gives its
+        # slot up for good, so long requests cannot keep short ones waiting.
+        self.long_running = False
+        self._slot_lock = threading.Lock()
         # Loop wake-ups this store's requests cause, delivered together.
         self.wake_batch = WakeBatch(loop) if loop is not None else None
         self.stdout = LineSink("stdout", self, stdout)
@@ -195,17 +199,28 @@ class WasiCtx:
         next epoch check or host call, so it runs for a moment at most.
         """
         slots = self.cpu_slots
-        if slots is None:
+        if slots is None or self.long_running:
             return
         while not slots.acquire(timeout=0.05):
-            if self.interrupted is not None:
+            if self.interrupted is not None or self.long_running:
                 return
-        self.holds_cpu_slot = True
+        with self._slot_lock:
+            if self.long_running:  # given up while we waited for it
+                slots.release()
+            else:
+                self.holds_cpu_slot = True
 
     def release_cpu_slot(self) -> None:
-        if self.holds_cpu_slot and self.cpu_slots is not None:
-            self.holds_cpu_slot = False
-            self.cpu_slots.release()
+        with self._slot_lock:
+            if self.holds_cpu_slot and self.cpu_slots is not None:
+                self.holds_cpu_slot = False
+                self.cpu_slots.release()
+
+    def give_up_cpu_slot(self) -> None:
+        """The running request has run long: it goes on without a slot (any thread)."""
+        with self._slot_lock:
+            self.long_running = True
+        self.release_cpu_slot()
 
     def _wait(self, ready: Callable[[], bool], deadline_ns: int | None) -> bool:
         with self.cond:
