@@ -73,10 +73,8 @@ import logging
 import math
 import threading
 from collections import deque
-from contextlib import contextmanager
-from enum import Enum
 from functools import partial
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from .handler_api import (
     HandlerClosedError,
@@ -89,7 +87,8 @@ from .handler_api import (
     WorkerError,
     WriteProfile,
 )
-from .handler_runtime import HandlerRuntime, Lane, ThreadRuntime, TimerHandle
+from .handler_runtime import HandlerRuntime, Lane, ThreadRuntime
+from .handler_worker import TaskRun, WorkerPhase, WorkerRecord
 
 __all__ = [
     "HandlerClosedError", "HandlerState", "HandlerStats", "InstanceTrappedError",
@@ -100,78 +99,6 @@ __all__ = [
 log = logging.getLogger("wasmhost.handler")
 
 Effect = Callable[[], object]
-
-
-class TaskRun:
-    """One task accepted by one worker; handed to ``HandlerState.run_task``."""
-
-    __slots__ = (
-        "task", "req_id", "worker_id", "accepted_at", "deadline", "is_waiting_on_io",
-        "abandoned", "returned", "long_running", "_handler", "_worker", "_timer", "_slice_timer", "_lane",
-    )
-
-    def __init__(
-        self, handler: "ProxyHandler", worker: "_Worker", task: Task, req_id: int | None,
-        accepted_at: float, deadline: float,
-    ) -> None:
-        self.task = task
-        self.req_id = req_id
-        self.worker_id = worker.worker_id
-        self.accepted_at = accepted_at
-        self.deadline = deadline
-        self.is_waiting_on_io = False
-        self.abandoned = False   # client side already failed; the result no longer matters
-        self.returned = False    # run_task returned
-        self._handler = handler
-        self._worker = worker
-        self._timer: TimerHandle | None = None
-        self.long_running = False  # ran for busy_slice: no longer counts as busy
-        self._slice_timer: TimerHandle | None = None
-        self._lane: Lane | None = None
-
-    @contextmanager
-    def waiting_on_io(self) -> Iterator[None]:
-        """While inside, the task waits on I/O: its worker may accept another task."""
-        self._handler._set_waiting_on_io(self, True)
-        try:
-            yield
-        finally:
-            self._handler._set_waiting_on_io(self, False)
-
-
-class _Phase(Enum):
-    STARTING = "starting"  # new_store + instantiate on its first lane
-    RUNNING = "running"
-    EXITING = "exiting"    # write_profile, release, error report; still a live instance
-
-
-class _Worker:
-    __slots__ = (
-        "worker_id", "phase", "store", "has_store", "instance", "write_profile", "runs", "live_runs",
-        "executing", "accepted", "req_ids", "idle_lanes", "draining", "error",
-        "interrupt_reason", "interrupted", "idle_timer", "idle_generation", "busy",
-    )
-
-    def __init__(self, worker_id: int) -> None:
-        self.worker_id = worker_id
-        self.phase = _Phase.STARTING
-        self.store: Any = None
-        self.has_store = False             # new_store returned: write_profile and release it
-        self.instance: Any = None
-        self.write_profile: WriteProfile | None = None
-        self.runs: set[TaskRun] = set()    # accepted, not yet returned
-        self.live_runs = 0                 # ... of which not abandoned
-        self.executing = 0                 # ... of which not waiting on I/O
-        self.accepted = 0
-        self.req_ids: list[int] = []
-        self.idle_lanes: list[Lane] = []   # lanes with no job; all of them once runs is empty
-        self.draining = False              # accepts nothing more
-        self.error: BaseException | None = None  # first failure, reported at exit
-        self.interrupt_reason = ""
-        self.interrupted = False
-        self.idle_timer: TimerHandle | None = None
-        self.idle_generation = 0           # invalidates an idle timer already firing
-        self.busy = True                   # counted in ProxyHandler._busy (see _update_busy)
 
 
 def _run_effects(effects: list[Effect]) -> None:
@@ -220,8 +147,8 @@ class ProxyHandler:
         self._runtime: HandlerRuntime = runtime if runtime is not None else ThreadRuntime()
         self._lock = threading.Lock()
         self._queue: deque[tuple[int | None, Task]] = deque()
-        self._workers: dict[int, _Worker] = {}
-        self._available: dict[int, _Worker] = {}  # insertion order = when it became available
+        self._workers: dict[int, WorkerRecord] = {}
+        self._available: dict[int, WorkerRecord] = {}  # insertion order = when it became available
         self._worker_ids = itertools.count(1)
         self._req_ids = itertools.count()
         self._closing = False
@@ -333,7 +260,7 @@ class ProxyHandler:
             and (self._max_busy is None or self._busy < self._max_busy)
         ):
             req_id, task = queue.popleft()
-            worker = _Worker(next(self._worker_ids))  # busy: it is starting
+            worker = WorkerRecord(next(self._worker_ids))  # busy: it is starting
             self._busy += 1
             self._workers[worker.worker_id] = worker
             self._workers_started += 1
@@ -341,10 +268,10 @@ class ProxyHandler:
             lane_for_next = None
         return spare_lane is not None and lane_for_next is None
 
-    def _update_busy(self, worker: _Worker, effects: list[Effect]) -> None:
+    def _update_busy(self, worker: WorkerRecord, effects: list[Effect]) -> None:
         """Recount ``worker`` as busy or not; a worker that stops being busy may let one start."""
-        busy = worker.phase is _Phase.STARTING or (
-            worker.phase is _Phase.RUNNING and worker.executing > 0 and any(
+        busy = worker.phase is WorkerPhase.STARTING or (
+            worker.phase is WorkerPhase.RUNNING and worker.executing > 0 and any(
                 not run.abandoned and not run.is_waiting_on_io and not run.long_running for run in worker.runs
             )
         )
@@ -355,7 +282,7 @@ class ProxyHandler:
         if not busy and self._queue:
             self._start_workers(effects)
 
-    def _can_accept(self, worker: _Worker) -> bool:
+    def _can_accept(self, worker: WorkerRecord) -> bool:
         return (
             not worker.draining
             and worker.accepted < self._max_reuse
@@ -363,7 +290,7 @@ class ProxyHandler:
             and worker.executing == 0
         )
 
-    def _accept(self, worker: _Worker, req_id: int | None, task: Task, effects: list[Effect]) -> None:
+    def _accept(self, worker: WorkerRecord, req_id: int | None, task: Task, effects: list[Effect]) -> None:
         now = self._runtime.now()
         run = TaskRun(self, worker, task, req_id, now, now + self._request_timeout)
         worker.runs.add(run)
@@ -398,15 +325,15 @@ class ProxyHandler:
         self._cancel_slice_timer(run)
         effects.append(partial(run.task.fail, error))
 
-    def _settle(self, worker: _Worker, effects: list[Effect]) -> None:
+    def _settle(self, worker: WorkerRecord, effects: list[Effect]) -> None:
         """Decide what a running worker does next, after any change to it."""
         try:
             self._settle_running(worker, effects)
         finally:
             self._update_busy(worker, effects)
 
-    def _settle_running(self, worker: _Worker, effects: list[Effect]) -> None:
-        if worker.phase is not _Phase.RUNNING:
+    def _settle_running(self, worker: WorkerRecord, effects: list[Effect]) -> None:
+        if worker.phase is not WorkerPhase.RUNNING:
             return
         if worker.runs and worker.live_runs == 0 and not worker.interrupted:
             # Only abandoned tasks are left (see "Timeouts" in the module doc).
@@ -437,20 +364,20 @@ class ProxyHandler:
             run._slice_timer.cancel()
             run._slice_timer = None
 
-    def _cancel_idle_timer(self, worker: _Worker) -> None:
+    def _cancel_idle_timer(self, worker: WorkerRecord) -> None:
         worker.idle_generation += 1
         if worker.idle_timer is not None:
             worker.idle_timer.cancel()
             worker.idle_timer = None
 
-    def _begin_exit(self, worker: _Worker, effects: list[Effect]) -> None:
-        worker.phase = _Phase.EXITING  # not busy: _settle recounts it
+    def _begin_exit(self, worker: WorkerRecord, effects: list[Effect]) -> None:
+        worker.phase = WorkerPhase.EXITING  # not busy: _settle recounts it
         self._available.pop(worker.worker_id, None)
         self._cancel_idle_timer(worker)
         lane = worker.idle_lanes.pop()  # every lane is idle: no task is running
         effects.append(partial(lane.submit, partial(self._exit_job, worker, lane)))
 
-    def _forget(self, worker: _Worker, effects: list[Effect], spare_lane: Lane | None = None) -> bool:
+    def _forget(self, worker: WorkerRecord, effects: list[Effect], spare_lane: Lane | None = None) -> bool:
         """The worker's instance is gone: free its slot (see _dispatch_queued for spare_lane)."""
         del self._workers[worker.worker_id]
         handed_over = self._dispatch_queued(effects, spare_lane)
@@ -460,7 +387,7 @@ class ProxyHandler:
         return handed_over
 
     # -- events (take the lock) ------------------------------------------------------
-    def _launch(self, worker: _Worker, req_id: int | None, task: Task, lane: Lane | None = None) -> None:
+    def _launch(self, worker: WorkerRecord, req_id: int | None, task: Task, lane: Lane | None = None) -> None:
         """Effect: give a new worker its first lane."""
         try:
             if lane is None:
@@ -469,7 +396,7 @@ class ProxyHandler:
             error = InstantiationError(exc)
             effects: list[Effect] = [partial(task.fail, error)]
             with self._lock:
-                worker.phase = _Phase.EXITING
+                worker.phase = WorkerPhase.EXITING
                 self._update_busy(worker, effects)
                 self._forget(worker, effects)
             _run_effects(effects)
@@ -477,7 +404,7 @@ class ProxyHandler:
             return
         lane.submit(partial(self._start_job, worker, lane, req_id, task))
 
-    def _start_job(self, worker: _Worker, lane: Lane, req_id: int | None, task: Task) -> None:
+    def _start_job(self, worker: WorkerRecord, lane: Lane, req_id: int | None, task: Task) -> None:
         """On the worker's first lane: create the store and instance, then accept ``task``."""
         error: BaseException | None = None
         try:
@@ -489,7 +416,7 @@ class ProxyHandler:
         effects: list[Effect] = []
         with self._lock:
             worker.idle_lanes.append(lane)
-            worker.phase = _Phase.RUNNING
+            worker.phase = WorkerPhase.RUNNING
             if error is None and self._force_closed:
                 error = HandlerClosedError("the server shut down")
             if error is None:
@@ -584,15 +511,15 @@ class ProxyHandler:
             self._settle(run._worker, effects)
         _run_effects(effects)
 
-    def _on_idle_timeout(self, worker: _Worker, generation: int) -> None:
+    def _on_idle_timeout(self, worker: WorkerRecord, generation: int) -> None:
         effects: list[Effect] = []
         with self._lock:
-            if worker.phase is _Phase.RUNNING and worker.idle_generation == generation and not worker.runs:
+            if worker.phase is WorkerPhase.RUNNING and worker.idle_generation == generation and not worker.runs:
                 worker.idle_timer = None
                 self._begin_exit(worker, effects)
         _run_effects(effects)
 
-    def _exit_job(self, worker: _Worker, lane: Lane) -> None:
+    def _exit_job(self, worker: WorkerRecord, lane: Lane) -> None:
         """On a lane of the exiting worker: write the profile, release the store, report errors,
         free the slot."""
         error = worker.error
