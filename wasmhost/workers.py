@@ -113,6 +113,10 @@ def _worker(index: int, settings: Settings, socks: list[socket.socket], parent: 
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent relays Ctrl-C as SIGTERM
     logging.basicConfig(level=logging.INFO, format=f"[worker {index}] %(message)s")
+    if settings.max_executing_requests is None:
+        # The cores are shared by all workers: each gets its part of the default.
+        share = max(1, (os.cpu_count() or 1) // settings.workers)
+        settings = settings.model_copy(update={"max_executing_requests": share})
     app = create_app(settings, runtime=Runtime(settings))
     tune_gc()
     asyncio.run(_serve(app, socks, parent))
