@@ -212,15 +212,18 @@ class WasiCtx:
 
     def release_cpu_slot(self) -> None:
         with self._slot_lock:
-            if self.holds_cpu_slot and self.cpu_slots is not None:
-                self.holds_cpu_slot = False
-                self.cpu_slots.release()
+            self._release_slot_locked()
 
     def give_up_cpu_slot(self) -> None:
         """The running request has run long: it goes on without a slot (any thread)."""
-        with self._slot_lock:
+        with self._slot_lock:  # one step, so acquire_cpu_slot sees both or neither
             self.long_running = True
-        self.release_cpu_slot()
+            self._release_slot_locked()
+
+    def _release_slot_locked(self) -> None:
+        if self.holds_cpu_slot and self.cpu_slots is not None:
+            self.holds_cpu_slot = False
+            self.cpu_slots.release()
 
     def _wait(self, ready: Callable[[], bool], deadline_ns: int | None) -> bool:
         with self.cond:
