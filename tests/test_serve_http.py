@@ -229,10 +229,19 @@ async def test_apps_run_side_by_side_and_as_sub_apps(guest, aiohttp_client) -> N
     root = web.Application()
     root.add_subapp("/hello/", create_app(Settings(component=guest("hello"), cache_dir=CACHE_DIR)))
     root.add_subapp("/count/", create_app(Settings(component=guest("counter"), cache_dir=CACHE_DIR, max_instances=1)))
+    async def plain(request: web.Request) -> web.Response:
+        return web.Response(text="plain route")
+
+    root.router.add_get("/hellothere", plain)
     client = await aiohttp_client(root)
-    assert (await (await client.get("/hello/x")).text()) == "Hello from wasmhost\n"
+    hello = await client.get("/hello/x?q=1")
+    assert (await hello.text()) == "Hello from wasmhost\n"
+    assert hello.headers["x-path"] == "GET /hello/x?q=1"
     assert (await (await client.get("/count/")).text()) == "1\n"
-    assert (await (await client.get("/count/")).text()) == "2\n"
+    assert (await (await client.get("/count")).text()) == "2\n"
+    # The prefix ends at a path segment: a sibling route is not swallowed, an unknown one is 404.
+    assert (await (await client.get("/hellothere")).text()) == "plain route"
+    assert (await client.get("/hellox")).status == 404
 
 
 async def test_demo_text_ships_in_the_package() -> None:

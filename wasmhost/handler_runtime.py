@@ -177,9 +177,11 @@ class _PooledThread:
                     return
                 continue  # leased again while timing out: jobs are on the way
             if item is _RELEASE:
+                self._between_jobs(False)
                 if not runtime._park(self):
                     return
             elif item is _STOP:
+                self._between_jobs(False)
                 return
             else:
                 try:
@@ -187,13 +189,28 @@ class _PooledThread:
                 except BaseException:
                     # Jobs handle their own errors; this only keeps the thread alive.
                     log.exception("worker job failed")
+                # A queued _RELEASE/_STOP counts as more work: it calls the hook itself.
+                self._between_jobs(not self.jobs.empty())
+
+    def _between_jobs(self, more_queued: bool) -> None:
+        hook = self._runtime.between_jobs
+        if hook is not None:
+            try:
+                hook(more_queued)
+            except Exception:
+                log.exception("between_jobs hook failed")
 
 
 class ThreadRuntime:
     """Real threads (pooled) and one timer thread; the default runtime of ProxyHandler."""
 
-    def __init__(self, idle_thread_timeout: float = 30.0) -> None:
+    def __init__(
+        self, idle_thread_timeout: float = 30.0, between_jobs: Callable[[bool], None] | None = None,
+    ) -> None:
+        """``between_jobs(more_queued)`` runs on a lane's thread after each job, with whether
+        another job is already queued (e.g. to deliver what the job left pending)."""
         self.idle_thread_timeout = idle_thread_timeout
+        self.between_jobs = between_jobs
         self._timers = _TimerThread()
         self._pool_lock = threading.Lock()
         self._parked: list[_PooledThread] = []

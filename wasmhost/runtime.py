@@ -16,11 +16,12 @@ from typing import Any, Callable
 
 from .engine import EngineOptions, GuestInstance, GuestTrap, WasmEngine, default_cache_dir
 from .handler import ProxyHandler, RequestTimeoutError, TaskRun, WorkerError
+from .handler_runtime import ThreadRuntime
 from .profile import guest_profiler
 from .settings import Settings
 from .wasi.ctx import GuestExit, WasiConfig, WasiCtx
 from .wasi.http_exchange import HttpExchange
-from .wasi.wakeups import deferred_wakeups
+from .wasi.wakeups import deferred_wakeups, release_held_wakeups
 
 log = logging.getLogger("wasmhost")
 
@@ -50,12 +51,14 @@ class HttpTask:
         self.req_id = req_id
         self.exchange = exchange
 
-    def run(self, instance: GuestInstance, run: TaskRun) -> None:
+    def run(self, instance: GuestInstance, run: TaskRun, hold_wakeups: bool = False) -> None:
+        """``hold_wakeups``: the thread releases the response's wake-up itself
+        (``release_held_wakeups`` between jobs), so queued requests share one."""
         ctx = instance.ctx
         # The response reaches the loop when this block ends, i.e. after the
         # request's cleanup: a client that sends its next request at once then
         # finds this instance (nearly) free instead of starting another one.
-        with deferred_wakeups(ctx.wake_batch):
+        with deferred_wakeups(ctx.wake_batch, hold_wakeups):
             self._run(instance, ctx, run)
 
     def _run(self, instance: GuestInstance, ctx: WasiCtx, run: TaskRun) -> None:
@@ -123,10 +126,12 @@ class EngineState:
         return ctx, recorder.write
 
     def instantiate(self, store: WasiCtx, instance_pre: WasmEngine) -> GuestInstance:
+        release_held_wakeups()  # milliseconds of work ahead: deliver earlier responses first
         return instance_pre.instantiate(store, store.extras.get("profile"))
 
     def run_task(self, store: WasiCtx, instance: GuestInstance, task: HttpTask, run: TaskRun) -> None:
-        task.run(instance, run)
+        # Runs on a lane of the runtime built in Runtime.start, which releases held wake-ups.
+        task.run(instance, run, hold_wakeups=True)
 
     def task_running_long(self, store: WasiCtx) -> None:
         store.give_up_cpu_slot()
@@ -135,6 +140,7 @@ class EngineState:
         store.interrupt(reason)
 
     def release(self, store: WasiCtx, instance: GuestInstance | None) -> None:
+        release_held_wakeups()
         if instance is not None:
             instance.close()
         else:
@@ -167,6 +173,7 @@ class Runtime:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.http_client: Any = None
         self.proxy: ProxyHandler | None = None
+        self.threads: ThreadRuntime | None = None
         self.request_slots: asyncio.Semaphore | None = None
 
     async def start(self, loop: asyncio.AbstractEventLoop, http_client: Any) -> None:
@@ -175,12 +182,16 @@ class Runtime:
         if self.settings.max_concurrent_requests:
             self.request_slots = asyncio.Semaphore(self.settings.max_concurrent_requests)
         self.engine.start()
-        self.proxy = ProxyHandler(EngineState(self), self.engine)
+        self.threads = ThreadRuntime(between_jobs=release_held_wakeups)
+        self.proxy = ProxyHandler(EngineState(self), self.engine, runtime=self.threads)
 
     async def stop(self) -> None:
         if self.proxy is not None:
             await self.proxy.close()
             self.proxy = None
+        if self.threads is not None:
+            self.threads.shutdown()
+            self.threads = None
         self.engine.stop()
         if self.http_client is not None:
             await self.http_client.close()

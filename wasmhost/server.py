@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
+from typing import Any, Sequence
 
-from aiohttp import ClientSession, DummyCookieJar, web
+from aiohttp import ClientSession, DummyCookieJar, web, web_urldispatcher
 from multidict import CIMultiDict
+from yarl import URL
 
 from .runtime import Runtime
 from .settings import Settings
@@ -43,8 +44,53 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app[RUNTIME_KEY] = runtime if runtime is not None else Runtime(settings)
     app.on_startup.append(_start)
     app.on_cleanup.append(_stop)
-    app.router.add_route("*", "/{tail:.*}", _serve)
+    resource = _AnyPath()
+    app.router.register_resource(resource)
+    resource.add_route("*", _serve)
     return app
+
+
+class _AnyPath(web_urldispatcher.Resource):
+    """A resource matching every path (below the sub-app prefix, if mounted).
+
+    Same routing as ``add_route("*", "/{tail:.*}")`` without its regular
+    expression and match dict on every request: the router finds it by its
+    canonical path, the prefix, which every path under the app walks up to.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._prefix = ""
+
+    @property
+    def canonical(self) -> str:
+        return self._prefix or "/"
+
+    def add_prefix(self, prefix: str) -> None:
+        self._prefix = prefix + self._prefix
+
+    def _match(self, path: str) -> dict[str, str] | None:
+        return {} if self.raw_match(path) else None
+
+    def raw_match(self, path: str) -> bool:
+        prefix = self._prefix
+        return not prefix or path == prefix or path.startswith(prefix + "/")
+
+    def get_info(self) -> dict[str, Any]:
+        return {"prefix": self.canonical}
+
+    def url_for(self) -> URL:  # type: ignore[override]
+        return URL.build(path=self.canonical, encoded=True)
+
+    async def resolve(self, request: web.Request) -> tuple[web_urldispatcher.UrlMappingMatchInfo | None, set[str]]:
+        # The router only asks for paths under canonical (see the class doc).
+        route = self._routes.get(request.method, self._any_route)
+        if route is None:
+            return None, self._allowed_methods
+        return web_urldispatcher.UrlMappingMatchInfo({}, route), self._allowed_methods
+
+    def __repr__(self) -> str:
+        return f"<wasmhost any-path resource {self.canonical}>"
 
 
 async def _start(app: web.Application) -> None:
@@ -58,12 +104,18 @@ async def _stop(app: web.Application) -> None:
     await app[RUNTIME_KEY].stop()
 
 
-def _request_headers(request: web.Request, overrides: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
-    headers = [(name.decode("latin-1").lower(), value) for name, value in request.raw_headers]
-    if overrides:
-        replaced = {name for name, _ in overrides}
-        headers = [(n, v) for n, v in headers if n not in replaced] + list(overrides)
-    return headers
+def _request_headers(
+    request: web.Request, overrides: list[tuple[str, bytes]],
+) -> Sequence[tuple[str | bytes, bytes]]:
+    """The headers the guest sees: as received (converted only if the guest reads
+    them), with the ``-H`` overrides replacing same-named ones."""
+    if not overrides:
+        return request.raw_headers
+    replaced = {name for name, _ in overrides}
+    kept: list[tuple[str | bytes, bytes]] = [
+        (name, value) for name, value in request.raw_headers if name.decode("latin-1").lower() not in replaced
+    ]
+    return kept + list(overrides)
 
 
 async def _feed_body(request: web.Request, pipe: Pipe, limit: int) -> None:

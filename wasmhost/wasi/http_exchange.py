@@ -28,7 +28,8 @@ Usage (loop = the aiohttp event loop, worker = the thread running the guest)::
 
 Semantics:
 
-* request headers: forbidden hop-by-hop names (``host``, ``connection``,
+* request headers: names given as ``bytes`` (raw from the wire) are lower-cased;
+  they are converted only when the guest asks for them. Forbidden hop-by-hop names (``host``, ``connection``,
   ``transfer-encoding``...) are hidden from the guest, as in wasmtime; a None
   ``authority`` is taken from the ``Host`` header. ``method`` is the wire
   method (case-sensitive); ``scheme`` ``http``/``https``.
@@ -51,12 +52,11 @@ from __future__ import annotations
 import asyncio
 import threading
 from dataclasses import dataclass
-from typing import Union
+from typing import Sequence, Union
 
 from .ctx import WasiConfig, WasiCtx
 from .http_body import IncomingBody, OutgoingBodyChannel, pipe_done
 from .http_errors import HttpCodeError, internal_error
-from .http_fields import Fields
 from .http_outgoing import cancel_in_flight
 from .http_types import IncomingRequest, OutgoingResponse, ResponseOutparam, method_case, scheme_case
 from .interface import Case, HostInterface
@@ -67,6 +67,10 @@ INTERFACES: tuple[HostInterface, ...] = ()
 
 # Responses that carry no body whatever their content-length says (RFC 9110 6.4.1).
 _BODYLESS_STATUSES = frozenset({204, 304})
+
+
+def _is_host(name: str | bytes) -> bool:
+    return (name.decode("latin-1") if isinstance(name, bytes) else name).lower() == "host"
 
 
 class GuestHttpError(Exception):
@@ -112,7 +116,7 @@ class HttpExchange:
         scheme: str,
         authority: str | None,
         path_with_query: str,
-        headers: list[tuple[str, bytes]],
+        headers: Sequence[tuple[str | bytes, bytes]],
         body: Pipe | None,
         config: WasiConfig,
     ) -> None:
@@ -120,14 +124,14 @@ class HttpExchange:
         self.config = config
         self.method = method
         if authority is None:
-            authority = next((v.decode("latin-1") for n, v in headers if n.lower() == "host"), None)
+            authority = next((v.decode("latin-1") for n, v in headers if _is_host(n)), None)
         if body is None:
             body = Pipe(loop, config.pipe_capacity)
             body.finish()
         self.body_pipe = body
         self.request = IncomingRequest(
             method_case(method), scheme_case(scheme), authority, path_with_query,
-            Fields.received(headers), IncomingBody(body),
+            headers, IncomingBody(body),
         )
         self.outparam = ResponseOutparam(self._deliver)
         self._result: asyncio.Future[GuestResponse] = loop.create_future()

@@ -94,12 +94,19 @@ class Fields(HostResource):
         self._size = size if size is not None else sum(_entry_size(n, v) for n, v in entries)
 
     @classmethod
-    def received(cls, entries: Iterable[tuple[str, bytes]]) -> Fields:
-        """Immutable fields from an HTTP peer; forbidden (hop-by-hop) names are dropped."""
-        return cls(
-            [(name, bytes(value)) for name, value in entries if name.lower() not in FORBIDDEN_HEADERS],
-            mutable=False,
-        )
+    def received(cls, entries: Iterable[tuple[str | bytes, bytes]]) -> Fields:
+        """Immutable fields from an HTTP peer; forbidden (hop-by-hop) names are dropped.
+
+        Names given as ``bytes`` (raw from the wire) are decoded as latin-1 and
+        lower-cased, as hyper presents incoming header names.
+        """
+        kept: Entries = []
+        for name, value in entries:
+            if isinstance(name, bytes):
+                name = name.decode("latin-1").lower()
+            if name.lower() not in FORBIDDEN_HEADERS:
+                kept.append((name, bytes(value)))
+        return cls(kept, mutable=False)
 
     @classmethod
     def from_list(cls, entries: Iterable[tuple[str, bytes]]) -> Fields:

@@ -20,7 +20,7 @@ only links it behind a feature).
 from __future__ import annotations
 
 import re
-from typing import Callable, Union
+from typing import Callable, Iterable, Union
 
 from . import http_body, http_fields, http_response
 from .ctx import WasiCtx
@@ -179,18 +179,29 @@ def request_options_set_between_bytes_timeout(ctx: WasiCtx, self: RequestOptions
 
 @types_interface.resource("incoming-request")
 class IncomingRequest(HostResource):
-    __slots__ = ("method", "scheme", "authority", "path_with_query", "headers", "body")
+    __slots__ = ("method", "scheme", "authority", "path_with_query", "_headers", "_received_headers", "body")
 
     def __init__(
         self, method: Case, scheme: Case | None, authority: str | None,
-        path_with_query: str | None, headers: Fields, body: IncomingBody,
+        path_with_query: str | None, headers: Iterable[tuple[str | bytes, bytes]], body: IncomingBody,
     ) -> None:
+        """``headers`` as received (see ``Fields.received``); converted when the guest first asks."""
         self.method = method
         self.scheme = scheme
         self.authority = authority
         self.path_with_query = path_with_query
-        self.headers = headers
+        self._headers: Fields | None = None
+        self._received_headers = headers
         self.body: IncomingBody | None = body
+
+    @property
+    def headers(self) -> Fields:
+        # Lazily: many guests never read the request headers.
+        headers = self._headers
+        if headers is None:
+            headers = self._headers = Fields.received(self._received_headers)
+            self._received_headers = ()
+        return headers
 
     def on_drop(self) -> None:
         # Never consumed: nobody will read the body, let the server stop feeding it.

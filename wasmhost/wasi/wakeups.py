@@ -8,30 +8,48 @@ its :class:`WakeBatch` and delivered together when the worker is about to
 block, when the request's guest call returns, or at the latest on the next
 epoch tick (so a guest that computes after setting its response is not held
 back for long).
+
+A worker thread with more requests queued may also *hold* a finished
+request's wake-ups (``deferred_wakeups(hold=True)``) until it runs out of
+queued work or they are ``HOLD_LIMIT`` old (``release_held_wakeups`` between
+jobs): each wake-up is a GIL hand-off to the loop, and under load several
+responses then cost one.
 """
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
 _current = threading.local()
 
+# Seconds a worker thread may hold finished requests' wake-ups while it has
+# more queued work: a few requests' worth, so responses are not held back for long.
+HOLD_LIMIT = 0.001
+
 
 class WakeBatch:
     """Loop callbacks queued by one worker thread, delivered in one wake-up."""
 
-    __slots__ = ("loop", "_pending", "_lock")
+    __slots__ = ("loop", "_pending", "_lock", "_since")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self._pending: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
         self._lock = threading.Lock()
+        self._since = 0.0  # when the oldest pending wake-up was added
 
     def add(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
         with self._lock:
+            if not self._pending:
+                self._since = time.monotonic()
             self._pending.append((fn, args))
+
+    def age(self) -> float:
+        """Seconds the oldest pending wake-up has waited (0 when none is pending)."""
+        return time.monotonic() - self._since if self._pending else 0.0
 
     def flush(self) -> None:
         with self._lock:
@@ -59,8 +77,9 @@ def call_soon_threadsafe(loop: asyncio.AbstractEventLoop, fn: Callable[..., Any]
 
 
 @contextmanager
-def deferred_wakeups(batch: WakeBatch | None) -> Iterator[None]:
-    """Within this block, this thread's loop wake-ups go to ``batch``; flushed at the end."""
+def deferred_wakeups(batch: WakeBatch | None, hold: bool = False) -> Iterator[None]:
+    """Within this block, this thread's loop wake-ups go to ``batch``; flushed at the end,
+    or with ``hold`` left for this thread's next ``release_held_wakeups``."""
     if batch is None:
         yield
         return
@@ -69,4 +88,20 @@ def deferred_wakeups(batch: WakeBatch | None) -> Iterator[None]:
         yield
     finally:
         _current.batch = None
-        batch.flush()
+        if hold:
+            held: WakeBatch | None = getattr(_current, "held", None)
+            if held is not None and held is not batch:
+                held.flush()
+            _current.held = batch
+        else:
+            batch.flush()
+
+
+def release_held_wakeups(more_work_queued: bool = False) -> None:
+    """Between two jobs of a worker thread: deliver the wake-ups it holds, unless
+    more work is queued and they have waited less than ``HOLD_LIMIT``."""
+    held: WakeBatch | None = getattr(_current, "held", None)
+    if held is None or (more_work_queued and held.age() < HOLD_LIMIT):
+        return
+    _current.held = None
+    held.flush()
