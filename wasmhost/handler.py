@@ -22,7 +22,8 @@ that is not waiting on I/O). The second bound keeps CPU-bound load on as many
 instances as there are cores to run them, instead of one cold instance per
 request in flight; tasks blocked on I/O do not count, so I/O-bound load still
 gets an instance per request, and neither does a task that has run for
-``busy_slice`` (it is told through ``HandlerState.task_running_long``), so a
+``busy_slice`` (found by a sweep every ``busy_slice / 2`` while tasks run, so
+between 1x and 1.5x; it is told through ``HandlerState.task_running_long``), so a
 few long requests cannot hold every other request in the queue. Because decisions happen under the lock, the
 reference's "start a worker if the available count dropped to zero
 meanwhile" race cannot occur; instead this invariant holds between events, so
@@ -156,6 +157,9 @@ class ProxyHandler:
         self._on_all_exited: list[Effect] = []
         self._running = 0
         self._busy = 0  # workers with .busy set
+        # One timer sweeps for tasks that used up busy_slice (cheaper than a timer per task).
+        self._slices_on = self._max_busy is not None and math.isfinite(self._busy_slice)
+        self._slice_sweep: Any = None
         self._workers_started = 0
         self._tasks_accepted = 0
 
@@ -303,8 +307,8 @@ class ProxyHandler:
         self._tasks_accepted += 1
         if math.isfinite(run.deadline):
             run._timer = self._runtime.call_at(run.deadline, partial(self._on_deadline, run))
-        if self._max_busy is not None and math.isfinite(self._busy_slice):
-            run._slice_timer = self._runtime.call_at(now + self._busy_slice, partial(self._on_slice_used, run))
+        if self._slices_on and self._slice_sweep is None:
+            self._slice_sweep = self._runtime.call_at(now + self._busy_slice / 2, self._sweep_slices)
         self._cancel_idle_timer(worker)
         lane = worker.idle_lanes.pop() if worker.idle_lanes else None
         effects.append(partial(self._submit_run, run, lane))
@@ -322,7 +326,6 @@ class ProxyHandler:
         if run._timer is not None:
             run._timer.cancel()
             run._timer = None
-        self._cancel_slice_timer(run)
         effects.append(partial(run.task.fail, error))
 
     def _settle(self, worker: WorkerRecord, effects: list[Effect]) -> None:
@@ -357,12 +360,6 @@ class ProxyHandler:
             self._available.pop(worker.worker_id, None)
             if not worker.runs:
                 self._begin_exit(worker, effects)
-
-    @staticmethod
-    def _cancel_slice_timer(run: TaskRun) -> None:
-        if run._slice_timer is not None:
-            run._slice_timer.cancel()
-            run._slice_timer = None
 
     def _cancel_idle_timer(self, worker: WorkerRecord) -> None:
         worker.idle_generation += 1
@@ -464,7 +461,6 @@ class ProxyHandler:
             if run._timer is not None:
                 run._timer.cancel()
                 run._timer = None
-            self._cancel_slice_timer(run)
             if not run.abandoned:
                 worker.live_runs -= 1
                 if error is not None:
@@ -499,16 +495,26 @@ class ProxyHandler:
             self._settle(run._worker, effects)
         _run_effects(effects)
 
-    def _on_slice_used(self, run: TaskRun) -> None:
-        """A task has run for busy_slice: its instance stops counting as busy (see module doc)."""
+    def _sweep_slices(self) -> None:
+        """Timer, every busy_slice / 2 while tasks run: tasks that have run for busy_slice
+        stop counting as busy (see module doc)."""
         effects: list[Effect] = []
         with self._lock:
-            run._slice_timer = None
-            if run.returned or run.abandoned or run.long_running:
-                return
-            run.long_running = True
-            effects.append(partial(self._state.task_running_long, run._worker.store))
-            self._settle(run._worker, effects)
+            self._slice_sweep = None
+            now = self._runtime.now()
+            for worker in list(self._workers.values()):  # _settle may start workers
+                used_up = [
+                    run for run in worker.runs
+                    if not (run.returned or run.abandoned or run.long_running)
+                    and now - run.accepted_at >= self._busy_slice
+                ]
+                for run in used_up:
+                    run.long_running = True
+                    effects.append(partial(self._state.task_running_long, worker.store))
+                if used_up:
+                    self._settle(worker, effects)
+            if self._running:
+                self._slice_sweep = self._runtime.call_at(now + self._busy_slice / 2, self._sweep_slices)
         _run_effects(effects)
 
     def _on_idle_timeout(self, worker: WorkerRecord, generation: int) -> None:

@@ -21,7 +21,7 @@ class TaskRun:
 
     __slots__ = (
         "task", "req_id", "worker_id", "accepted_at", "deadline", "is_waiting_on_io",
-        "abandoned", "returned", "long_running", "_handler", "_worker", "_timer", "_slice_timer", "_lane",
+        "abandoned", "returned", "long_running", "_handler", "_worker", "_timer", "_lane",
     )
 
     def __init__(
@@ -40,7 +40,6 @@ class TaskRun:
         self._worker = worker
         self._timer: TimerHandle | None = None
         self.long_running = False  # ran for busy_slice: no longer counts as busy
-        self._slice_timer: TimerHandle | None = None
         self._lane: Lane | None = None
 
     @contextmanager

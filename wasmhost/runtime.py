@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import threading
 from importlib import resources
 from typing import Any, Callable
 
@@ -19,7 +18,7 @@ from .handler import ProxyHandler, RequestTimeoutError, TaskRun, WorkerError
 from .handler_runtime import ThreadRuntime
 from .profile import guest_profiler
 from .settings import Settings
-from .wasi.ctx import GuestExit, WasiConfig, WasiCtx
+from .wasi.ctx import CpuSlots, GuestExit, WasiConfig, WasiCtx
 from .wasi.http_exchange import HttpExchange
 from .wasi.wakeups import deferred_wakeups, release_held_wakeups
 
@@ -169,7 +168,7 @@ class Runtime:
         self.header_overrides = settings.header_overrides()
         self.profiler = guest_profiler(settings.profile)
         self.executing_slots = settings.max_executing_requests or os.cpu_count() or 1
-        self.cpu_slots = threading.BoundedSemaphore(self.executing_slots)
+        self.cpu_slots = CpuSlots(self.executing_slots)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.http_client: Any = None
         self.proxy: ProxyHandler | None = None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import queue
 import random
 import sys
 import threading
@@ -46,6 +47,31 @@ class GuestExit(Trap):
         self.code = code
 
 
+class CpuSlots:
+    """``count`` tokens: how many stores may execute guest code at once.
+
+    A queue of tokens rather than ``threading.Semaphore``: its get/put are
+    single C calls, taken twice per request. Callers release only what they
+    acquired (``WasiCtx.holds_cpu_slot``), so it needs no bound check.
+    """
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self._tokens: queue.SimpleQueue[None] = queue.SimpleQueue()
+        for _ in range(count):
+            self._tokens.put(None)
+
+    def acquire(self, timeout: float) -> bool:
+        try:
+            self._tokens.get(timeout=timeout)
+        except queue.Empty:
+            return False
+        return True
+
+    def release(self) -> None:
+        self._tokens.put(None)
+
+
 class LineSink:
     """Guest stdout/stderr: whole lines to ``out``, each prefixed ``stdout [REQ_ID] :: ``.
 
@@ -79,6 +105,8 @@ class LineSink:
             self.out.flush()
 
     def flush(self) -> None:
+        if not self._pending:
+            return  # write() already flushed every complete line
         with self._lock:
             if self._pending:
                 self.out.write(self._prefix() + bytes(self._pending) + b"\n")
@@ -123,7 +151,7 @@ class WasiCtx:
         self.task_run: Any = None
         # Bounds how many stores run wasm or host code at once (shared by all
         # stores of a server); a store gives its slot up while it blocks.
-        self.cpu_slots: threading.Semaphore | None = None
+        self.cpu_slots: CpuSlots | None = None
         self.holds_cpu_slot = False
         # Set (from another thread) once the request has run long: it gives its
         # slot up for good, so long requests cannot keep short ones waiting.

@@ -198,5 +198,6 @@ class HttpExchange:
         else:
             self._result.set_result(outcome)
 
-    async def response(self) -> GuestResponse:
-        return await self._result
+    def response(self) -> "asyncio.Future[GuestResponse]":
+        """Awaitable: the guest's response (a future, not a coroutine: one object less per request)."""
+        return self._result

@@ -148,12 +148,14 @@ class Fields(HostResource):
 
     def content_length(self) -> int | None:
         """The declared ``content-length`` or None; ValueError when invalid or conflicting."""
-        values = {value for n, value in self._entries if n.lower() == "content-length"}
-        if not values:
+        value: bytes | None = None
+        for name, entry in self._entries:
+            if name.lower() == "content-length":
+                if value is not None and entry != value:
+                    raise ValueError("conflicting content-length values")
+                value = entry
+        if value is None:
             return None
-        if len(values) > 1:
-            raise ValueError("conflicting content-length values")
-        value = values.pop()
         if not value.isdigit():  # 1*DIGIT (bytes.isdigit is ASCII-only)
             raise ValueError(f"invalid content-length {value!r}")
         return int(value)

@@ -20,8 +20,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 _current = threading.local()
 
@@ -76,25 +75,35 @@ def call_soon_threadsafe(loop: asyncio.AbstractEventLoop, fn: Callable[..., Any]
         loop.call_soon_threadsafe(fn, *args)
 
 
-@contextmanager
-def deferred_wakeups(batch: WakeBatch | None, hold: bool = False) -> Iterator[None]:
-    """Within this block, this thread's loop wake-ups go to ``batch``; flushed at the end,
-    or with ``hold`` left for this thread's next ``release_held_wakeups``."""
-    if batch is None:
-        yield
-        return
-    _current.batch = batch
-    try:
-        yield
-    finally:
+class deferred_wakeups:
+    """``with deferred_wakeups(batch):`` this thread's loop wake-ups go to ``batch``; flushed
+    at the end, or with ``hold`` left for this thread's next ``release_held_wakeups``.
+
+    A class rather than a generator context manager: it is entered for every request.
+    """
+
+    __slots__ = ("batch", "hold")
+
+    def __init__(self, batch: WakeBatch | None, hold: bool = False) -> None:
+        self.batch = batch
+        self.hold = hold
+
+    def __enter__(self) -> None:
+        if self.batch is not None:
+            _current.batch = self.batch
+
+    def __exit__(self, *exc_info: object) -> None:
+        batch = self.batch
+        if batch is None:
+            return
         _current.batch = None
-        if hold:
-            held: WakeBatch | None = getattr(_current, "held", None)
-            if held is not None and held is not batch:
-                held.flush()
-            _current.held = batch
-        else:
+        if not self.hold:
             batch.flush()
+            return
+        held: WakeBatch | None = getattr(_current, "held", None)
+        if held is not None and held is not batch:
+            held.flush()
+        _current.held = batch
 
 
 def release_held_wakeups(more_work_queued: bool = False) -> None:
