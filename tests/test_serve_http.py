@@ -48,6 +48,17 @@ async def test_request_line_and_authority_reach_the_guest(serve, guest) -> None:
     assert (await resp.json())["method"] == "PURGE"
 
 
+async def test_request_without_host_has_no_authority(serve, guest) -> None:
+    client = await serve(guest("echo"))
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    writer.write(b"GET /info HTTP/1.0\r\n\r\n")  # HTTP/1.0 needs no Host header
+    raw = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 200") or head.startswith(b"HTTP/1.1 200"), head
+    assert json.loads(body)["authority"] is None
+
+
 async def test_repeated_and_non_utf8_headers_reach_the_guest(serve, guest) -> None:
     client = await serve(guest("echo"))
     reader, writer = await asyncio.open_connection(client.server.host, client.server.port)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any, Sequence
+from typing import Any, Awaitable, Callable, Sequence
 
 from aiohttp import ClientSession, DummyCookieJar, web, web_urldispatcher
 from multidict import CIMultiDict
@@ -41,12 +41,12 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     """
     settings = settings or Settings()
     app = web.Application(client_max_size=settings.max_request_body)
-    app[RUNTIME_KEY] = runtime if runtime is not None else Runtime(settings)
+    runtime = app[RUNTIME_KEY] = runtime if runtime is not None else Runtime(settings)
     app.on_startup.append(_start)
     app.on_cleanup.append(_stop)
     resource = _AnyPath()
     app.router.register_resource(resource)
-    resource.add_route("*", _serve)
+    resource.add_route("*", _handler(runtime))
     return app
 
 
@@ -142,19 +142,25 @@ async def _feed_body(request: web.Request, pipe: Pipe, limit: int) -> None:
         pipe.fail(exc)
 
 
-async def _serve(request: web.Request) -> web.StreamResponse:
-    slots = request.app[RUNTIME_KEY].request_slots
-    if slots is None:
-        return await _serve_one(request)
-    async with slots:  # --max-concurrent-requests: the rest wait here
-        return await _serve_one(request)
+def _handler(runtime: Runtime) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """The request handler of one app, bound to its runtime (no per-request app look-ups)."""
+
+    async def serve(request: web.Request) -> web.StreamResponse:
+        slots = runtime.request_slots
+        if slots is None:
+            return await _serve_one(runtime, request)
+        async with slots:  # --max-concurrent-requests: the rest wait here
+            return await _serve_one(runtime, request)
+
+    return serve
 
 
-async def _serve_one(request: web.Request) -> web.StreamResponse:
-    runtime = request.app[RUNTIME_KEY]
-    loop = asyncio.get_running_loop()
+async def _serve_one(runtime: Runtime, request: web.Request) -> web.StreamResponse:
+    loop = runtime.loop
+    assert loop is not None, "the wasmhost app has not been started"
     limit = runtime.settings.max_request_body
-    if request.content_length is not None and request.content_length > limit:
+    declared = request.content_length
+    if declared is not None and declared > limit:
         return web.Response(status=413, text=f"request body larger than {limit} bytes\n")
     body: Pipe | None = None
     if request.body_exists:
@@ -163,7 +169,8 @@ async def _serve_one(request: web.Request) -> web.StreamResponse:
         loop,
         request.method,
         "https" if request.secure else "http",
-        request.host,
+        # Not request.host: without a Host header that is the server's FQDN, looked up per request.
+        request.headers.get("Host"),
         request.raw_path,
         _request_headers(request, runtime.header_overrides),
         body,
@@ -197,15 +204,16 @@ def _error_response(req_id: int, exc: GuestHttpError) -> web.Response:
 
 
 async def _send(request: web.Request, response: Any, req_id: int) -> web.StreamResponse:
-    headers: CIMultiDict[str] = CIMultiDict()
     declared_length: int | None = None
+    passed: list[tuple[str, str]] = []
     for name, value in response.headers:
-        if name == "content-length":
-            declared_length = int(value)
+        key = name.lower()  # the guest's casing is kept; framing names match in any case
+        if key in _FRAMING_HEADERS:
+            if key == "content-length":
+                declared_length = int(value)
             continue
-        if name in _FRAMING_HEADERS:
-            continue
-        headers.add(name, value.decode("latin-1"))
+        passed.append((name, value.decode("latin-1")))
+    headers: CIMultiDict[str] = CIMultiDict(passed)
     pipe: Pipe | None = response.body
     has_body = request.method != "HEAD" and response.status >= 200 and response.status not in _NO_BODY_STATUSES
     complete = pipe.take_complete() if has_body and pipe is not None else None
