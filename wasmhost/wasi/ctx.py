@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable
 
 from .interface import Trap
-from .wakeups import WakeBatch
+from .wakeups import WakeBatch, release_held_wakeups
 
 
 @dataclass(frozen=True)
@@ -229,9 +229,11 @@ class WasiCtx:
         slots = self.cpu_slots
         if slots is None or self.long_running:
             return
-        while not slots.acquire(timeout=0.05):
-            if self.interrupted is not None or self.long_running:
-                return
+        if not slots.acquire(timeout=0):
+            release_held_wakeups()  # about to wait: deliver what this thread holds back
+            while not slots.acquire(timeout=0.05):
+                if self.interrupted is not None or self.long_running:
+                    return
         with self._slot_lock:
             if self.long_running:  # given up while we waited for it
                 slots.release()
