@@ -7,8 +7,10 @@ its blocking waits go through ``WasiCtx.block_until`` as in production.
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 import sys
+import weakref
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
@@ -365,6 +367,37 @@ def new_exchange(ctx: WasiCtx, method: str = "GET", body: Pipe | None = None, **
     )
     exchange.attach(ctx)
     return exchange
+
+
+async def test_a_finished_exchange_is_freed_without_the_cyclic_gc(ctx: WasiCtx) -> None:
+    exchange = new_exchange(ctx)
+    _, out = exchange.guest_resources()
+    resp = T["[constructor]outgoing-response"](ctx, T["[constructor]fields"](ctx))
+    body = T["[method]outgoing-response.body"](ctx, resp)
+    T["[static]response-outparam.set"](ctx, out, Ok(resp))
+    T["[static]outgoing-body.finish"](ctx, body, None)
+    exchange.guest_returned(None)
+    response = await exchange.response()
+    assert response.status == 200
+    freed = weakref.ref(exchange)
+    gc.disable()  # only reference counting may free it
+    try:
+        del exchange, out, resp, body, response
+        assert freed() is None
+    finally:
+        gc.enable()
+
+
+async def test_outparam_set_after_the_request_is_over_goes_nowhere(ctx: WasiCtx) -> None:
+    exchange = new_exchange(ctx)
+    _, out = exchange.guest_resources()
+    exchange.guest_returned(None)  # the guest returned without responding (it kept `out`)
+    with pytest.raises(GuestNeverResponded):
+        await exchange.response()
+    resp = T["[constructor]outgoing-response"](ctx, T["[constructor]fields"](ctx))
+    body = T["[method]outgoing-response.body"](ctx, resp)
+    T["[static]response-outparam.set"](ctx, out, Ok(resp))
+    assert resp.body.pipe.exhausted()  # failed: nobody reads it, writes cannot pile up
 
 
 async def test_incoming_request_accessors(ctx: WasiCtx) -> None:
