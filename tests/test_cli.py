@@ -170,3 +170,18 @@ def test_sigterm_finishes_requests_in_flight_then_exits(guest) -> None:
     request.join(10)
     assert result["r"] == (200, b"slept 800 ms\n")
     assert server.proc.wait(timeout=30) == 0
+
+
+def test_tune_gc_freezes_startup_objects_and_raises_the_young_threshold() -> None:
+    import gc
+
+    from wasmhost.cli import tune_gc
+
+    before = gc.get_threshold()
+    try:
+        tune_gc()
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == (5000, before[1], before[2])
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
