@@ -82,13 +82,6 @@ class _AnyPath(web_urldispatcher.Resource):
     def url_for(self) -> URL:  # type: ignore[override]
         return URL.build(path=self.canonical, encoded=True)
 
-    async def resolve(self, request: web.Request) -> tuple[web_urldispatcher.UrlMappingMatchInfo | None, set[str]]:
-        # The router only asks for paths under canonical (see the class doc).
-        route = self._routes.get(request.method, self._any_route)
-        if route is None:
-            return None, self._allowed_methods
-        return web_urldispatcher.UrlMappingMatchInfo({}, route), self._allowed_methods
-
     def __repr__(self) -> str:
         return f"<wasmhost any-path resource {self.canonical}>"
 
