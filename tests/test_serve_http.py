@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import hashlib
 import json
 import os
@@ -46,6 +47,14 @@ async def test_request_line_and_authority_reach_the_guest(serve, guest) -> None:
                     "path_with_query": "/info?a=b"}
     resp = await client.request("PURGE", "/info")
     assert (await resp.json())["method"] == "PURGE"
+
+
+async def test_compressed_request_body_reaches_the_guest_as_sent(serve, guest) -> None:
+    client = await serve(guest("echo"))
+    sent = gzip.compress(b"hello gzip" * 100)
+    resp = await client.post("/", data=sent, headers={"Content-Encoding": "gzip"})
+    assert resp.status == 200
+    assert await resp.read() == sent  # not decompressed on the way in
 
 
 async def test_request_without_host_has_no_authority(serve, guest) -> None:

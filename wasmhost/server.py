@@ -40,7 +40,11 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     loaded when the app starts.
     """
     settings = settings or Settings()
-    app = web.Application(client_max_size=settings.max_request_body)
+    # Request bodies reach the guest as sent: a gzip body with its
+    # content-encoding header, as wasmtime serve passes it (aiohttp would
+    # decompress it and keep the header). As a sub-app, the root app's
+    # handler_args decide (see README, Embedding).
+    app = web.Application(client_max_size=settings.max_request_body, handler_args={"auto_decompress": False})
     runtime = app[RUNTIME_KEY] = runtime if runtime is not None else Runtime(settings)
     app.on_startup.append(_start)
     app.on_cleanup.append(_stop)
