@@ -56,7 +56,6 @@ class CpuSlots:
     """
 
     def __init__(self, count: int) -> None:
-        self.count = count
         self._tokens: queue.SimpleQueue[None] = queue.SimpleQueue()
         for _ in range(count):
             self._tokens.put(None)
