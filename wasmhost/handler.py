@@ -23,11 +23,11 @@ instances as there are cores to run them, instead of one cold instance per
 request in flight; tasks blocked on I/O do not count, so I/O-bound load still
 gets an instance per request, and neither does a task that has run for
 ``busy_slice`` (found by a sweep every ``busy_slice / 2`` while tasks run, so
-between 1x and 1.5x; it is told through ``HandlerState.task_running_long``), so a
-few long requests cannot hold every other request in the queue. Because decisions happen under the lock, the
-reference's "start a worker if the available count dropped to zero
-meanwhile" race cannot occur; instead this invariant holds between events, so
-no task is ever orphaned in the queue:
+between 1x and 1.5x; it is told through ``HandlerState.task_running_long``),
+so a few long requests cannot hold every other request in the queue.
+Because decisions happen under the lock, the reference's "start a worker if
+the available count dropped to zero meanwhile" race cannot occur; instead
+this invariant holds between events, so no task is ever orphaned in the queue:
 
     queue non-empty  =>  no worker is available  and
                          (max_instances are live  or  max_busy_instances are busy)

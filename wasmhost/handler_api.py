@@ -57,7 +57,8 @@ class HandlerState(Protocol):
 
     @property
     def busy_slice(self) -> float:
-        """Seconds after which a running task stops counting as busy (``inf`` = never)."""
+        """Seconds after which a running task stops counting as busy (``inf`` = never);
+        the handler notices within another half of it."""
 
     def new_store(self, req_id: int | None) -> tuple[Any, WriteProfile | None]:
         """A new store and an optional callback writing its profile (called once at worker exit).

@@ -61,7 +61,7 @@ class Settings(BaseSettings):
         default=None, description="The component to serve; the built-in demo when unset.")
     addr: str = Field(default="0.0.0.0:8080", description="Socket address to bind to.")
     # One Python process is bound by its GIL: N processes (each with its own
-    # loop, engine and instances) accepting on one socket use N cores.
+    # loop, engine, instances and SO_REUSEPORT socket) on one address use N cores.
     workers: int = Field(default=1, ge=1, description="Server processes (CLI only; create_app serves in-process).")
     env: list[str] = Field(
         default_factory=list,

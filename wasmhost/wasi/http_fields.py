@@ -103,8 +103,10 @@ class Fields(HostResource):
         kept: Entries = []
         for name, value in entries:
             if isinstance(name, bytes):
-                name = name.decode("latin-1").lower()
-            if name.lower() not in FORBIDDEN_HEADERS:
+                name = key = name.decode("latin-1").lower()
+            else:
+                key = name.lower()
+            if key not in FORBIDDEN_HEADERS:
                 kept.append((name, bytes(value)))
         return cls(kept, mutable=False)
 
@@ -115,7 +117,7 @@ class Fields(HostResource):
         size = 0
         for name, value in entries:
             value = _checked_entry(name, value)
-            size += len(name) + len(value) + _ENTRY_OVERHEAD  # _entry_size, inlined
+            size += _entry_size(name, value)
             if size > FIELDS_SIZE_LIMIT:
                 raise Trap(f"fields exceed the {FIELDS_SIZE_LIMIT}-byte limit")
             checked.append((name, value))
@@ -218,12 +220,7 @@ def _checked_key(name: str) -> str:
 
 def _checked_entry(name: str, value: bytes) -> bytes:
     """The value (as bytes) of an entry a guest may add; Err(header-error) otherwise."""
-    # _checked_key inlined: this runs for every header a guest adds.
-    key = field_key(name)
-    if key is None:
-        raise Err(INVALID_SYNTAX)
-    if key in FORBIDDEN_HEADERS:
-        raise Err(FORBIDDEN)
+    key = _checked_key(name)
     value = bytes(value)
     if not valid_field_value(key, value):
         raise Err(INVALID_SYNTAX)
