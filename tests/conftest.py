@@ -1,6 +1,7 @@
 """Shared fixtures: guests built once per session, real wasmhost servers over loopback HTTP."""
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -102,3 +103,19 @@ class ProcessServer:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             return self.proc.communicate()
+
+
+# Modules whose tests serve real guests in-process: they run on both event
+# loops, the standard one (an app embedding wasmhost; guest calls on worker
+# threads) and InlineLoop (the CLI's; guest calls on the loop's driving thread).
+_BOTH_LOOPS = {"test_serve_http.py", "test_reuse_and_timeouts.py", "test_wasi_guest.py", "test_inline_loop.py"}
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item,
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    if item.path.name not in _BOTH_LOOPS:
+        return {"asyncio": asyncio.new_event_loop}  # one factory: test names stay as they are
+    from wasmhost.inline_loop import InlineLoop
+
+    return {"asyncio": asyncio.new_event_loop, "inline": InlineLoop}

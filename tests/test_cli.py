@@ -157,11 +157,12 @@ def test_trap_is_logged_with_request_id_and_backtrace(guest) -> None:
     assert "wasm backtrace" in err
 
 
-def test_sigterm_finishes_requests_in_flight_then_exits(guest) -> None:
+@pytest.mark.parametrize("loop", ["inline", "asyncio"])
+def test_sigterm_finishes_requests_in_flight_then_exits(guest, loop: str) -> None:
     import signal
     import threading
 
-    server = Server(str(guest("misbehave")))
+    server = Server(str(guest("misbehave")), "--loop", loop)
     result: dict[str, tuple[int, bytes]] = {}
     request = threading.Thread(target=lambda: result.setdefault("r", server.get("/sleep?ms=800")))
     request.start()

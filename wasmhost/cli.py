@@ -2,16 +2,20 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from . import __version__
+
+if TYPE_CHECKING:
+    from .settings import Settings
 
 EXIT_USAGE = 2
 
@@ -28,6 +32,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--addr", help="socket address to bind to (default 0.0.0.0:8080)")
     serve.add_argument("--workers", type=int, metavar="N",
                        help="server processes accepting on the same address, each with its own instances (default 1)")
+    serve.add_argument("--loop", choices=("inline", "asyncio"),
+                       help="event loop: inline (default) runs guest calls on the loop's thread, handing the loop "
+                            "over when they block; asyncio runs them on a thread per instance")
     serve.add_argument("--env", action="append", metavar="NAME[=VAL]",
                        help="pass an environment variable to the guest (repeatable)")
     serve.add_argument("-H", "--header", action="append", metavar="'NAME: VALUE'",
@@ -126,7 +133,7 @@ def serve(settings: Any) -> int:
     (socks,) = socket_groups
     real_port = socks[0].getsockname()[1]  # also for --addr HOST:0
     web.run_app(
-        app, sock=socks, access_log=None,
+        app, sock=socks, access_log=None, loop=new_event_loop(settings),
         print=lambda _: print(f"Serving HTTP on http://{shown}:{real_port}/", file=sys.stderr, flush=True),
     )
     return 0
@@ -163,6 +170,15 @@ def bind(host: str, port: int, copies: int = 1, backlog: int = 128) -> list[list
                 sock.close()
         raise
     return groups
+
+
+def new_event_loop(settings: Settings) -> asyncio.AbstractEventLoop:
+    """The event loop ``--loop`` asks for."""
+    if settings.loop == "inline":
+        from .inline_loop import InlineLoop
+
+        return InlineLoop()
+    return asyncio.new_event_loop()
 
 
 def tune_gc() -> None:

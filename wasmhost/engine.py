@@ -28,6 +28,7 @@ from .binding.store import StoreBinding, _error_text
 from .wasi import all_interfaces
 from .wasi.ctx import WasiCtx
 from .wasi.interface import HostInterface, HostResource
+from .wasi.wakeups import leave_loop
 
 log = logging.getLogger("wasmhost.engine")
 
@@ -327,7 +328,7 @@ class GuestInstance:
         if compiled is not None:
             error = compiled.call_handler(
                 self._func_ptr, binding.ctx_ptr, binding.table, request, engine._request_type,
-                response_out, engine._outparam_type, self._gil_hold_ticks,
+                response_out, engine._outparam_type, self._gil_hold_ticks, leave_loop,
             )
             self._gil_hold_ticks = engine.options.gil_hold_ticks
         else:

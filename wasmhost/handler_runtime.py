@@ -7,15 +7,20 @@ a simulated runtime with a virtual clock to drive the core deterministically.
 
 Lanes come from a pool of parked threads so that short-lived instances
 (``max_instance_reuse_count = 1``) do not pay for a thread start per request.
+Given an :class:`InlineExecutor` (an :class:`~wasmhost.inline_loop.InlineLoop`),
+lanes run their jobs on the thread that drives the event loop instead
+(:class:`InlineLane`): no thread hand-off per job.
 """
 from __future__ import annotations
 
+import collections
 import heapq
 import itertools
 import logging
 import queue
 import threading
 import time
+from functools import partial
 from typing import Callable, Protocol
 
 log = logging.getLogger("wasmhost.handler")
@@ -31,6 +36,16 @@ class Lane(Protocol):
 
     def release(self) -> None:
         """No more jobs will be submitted; the thread is freed after the queued ones."""
+
+
+class InlineExecutor(Protocol):
+    """Runs jobs on the thread driving an event loop (see :mod:`wasmhost.inline_loop`)."""
+
+    def run_job(self, job: Job) -> None:
+        """Run ``job`` on the driving thread, after the current iteration (any thread may call)."""
+
+    def is_driving(self) -> bool:
+        """Whether the calling thread drives the loop now."""
 
 
 class TimerHandle(Protocol):
@@ -201,16 +216,69 @@ class _PooledThread:
                 log.exception("between_jobs hook failed")
 
 
+class InlineLane:
+    """A lane whose jobs run on the thread driving an event loop, one at a time, in order.
+
+    A job that hands the driving over (it had to block) finishes on its own
+    thread; the lane's jobs submitted meanwhile run after it, on that thread,
+    as on a thread lane.
+    """
+
+    __slots__ = ("_executor", "_between_jobs", "_lock", "_backlog", "_busy")
+
+    def __init__(self, executor: InlineExecutor, between_jobs: Callable[[bool], None] | None) -> None:
+        self._executor = executor
+        self._between_jobs = between_jobs
+        self._lock = threading.Lock()
+        self._backlog: collections.deque[Job] = collections.deque()
+        self._busy = False  # a job of this lane is queued or running
+
+    def submit(self, job: Job) -> None:
+        with self._lock:
+            if self._busy:
+                self._backlog.append(job)
+                return
+            self._busy = True
+        self._executor.run_job(partial(self._run, job))
+
+    def release(self) -> None:
+        """Nothing to free: the lane owns no thread."""
+
+    def _run(self, job: Job) -> None:
+        while True:
+            try:
+                job()
+            except BaseException:
+                log.exception("worker job failed")  # jobs handle their own errors
+            if self._between_jobs is not None:
+                try:
+                    self._between_jobs(False)
+                except Exception:
+                    log.exception("between_jobs hook failed")
+            with self._lock:
+                if not self._backlog:
+                    self._busy = False
+                    return
+                job = self._backlog.popleft()
+            if self._executor.is_driving():
+                # Back in line behind the loop's other jobs and its I/O.
+                self._executor.run_job(partial(self._run, job))
+                return
+
+
 class ThreadRuntime:
     """Real threads (pooled) and one timer thread; the default runtime of ProxyHandler."""
 
     def __init__(
         self, idle_thread_timeout: float = 30.0, between_jobs: Callable[[bool], None] | None = None,
+        inline: InlineExecutor | None = None,
     ) -> None:
         """``between_jobs(more_queued)`` runs on a lane's thread after each job, with whether
-        another job is already queued (e.g. to deliver what the job left pending)."""
+        another job is already queued (e.g. to deliver what the job left pending).
+        With ``inline``, lanes run their jobs through it (:class:`InlineLane`)."""
         self.idle_thread_timeout = idle_thread_timeout
         self.between_jobs = between_jobs
+        self.inline = inline
         self._timers = _TimerThread()
         self._pool_lock = threading.Lock()
         self._parked: list[_PooledThread] = []
@@ -223,6 +291,8 @@ class ThreadRuntime:
         return self._timers.call_at(when, callback)
 
     def new_lane(self, name: str) -> Lane:
+        if self.inline is not None:
+            return InlineLane(self.inline, self.between_jobs)
         with self._pool_lock:
             # Most recently parked first: it is warm, and the cold ones retire.
             pooled = self._parked.pop() if self._parked else None

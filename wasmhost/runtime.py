@@ -20,7 +20,8 @@ from .profile import guest_profiler
 from .settings import Settings
 from .wasi.ctx import CpuSlots, GuestExit, WasiConfig, WasiCtx
 from .wasi.http_exchange import HttpExchange
-from .wasi.wakeups import deferred_wakeups, release_held_wakeups
+from .inline_loop import InlineLoop
+from .wasi.wakeups import deferred_wakeups, leave_loop, release_held_wakeups
 
 log = logging.getLogger("wasmhost")
 
@@ -126,6 +127,7 @@ class EngineState:
 
     def instantiate(self, store: WasiCtx, instance_pre: WasmEngine) -> GuestInstance:
         release_held_wakeups()  # milliseconds of work ahead: deliver earlier responses first
+        leave_loop()  # and let the event loop go on without this thread
         return instance_pre.instantiate(store, store.extras.get("profile"))
 
     def run_task(self, store: WasiCtx, instance: GuestInstance, task: HttpTask, run: TaskRun) -> None:
@@ -181,7 +183,11 @@ class Runtime:
         if self.settings.max_concurrent_requests:
             self.request_slots = asyncio.Semaphore(self.settings.max_concurrent_requests)
         self.engine.start()
-        self.threads = ThreadRuntime(between_jobs=release_held_wakeups)
+        # On an InlineLoop, guest jobs run on the thread driving the loop (see
+        # inline_loop); that needs the compiled binding, whose guest calls hand the
+        # driving over once they run long.
+        inline = loop if isinstance(loop, InlineLoop) and self.engine.compiled is not None else None
+        self.threads = ThreadRuntime(between_jobs=release_held_wakeups, inline=inline)
         self.proxy = ProxyHandler(EngineState(self), self.engine, runtime=self.threads)
 
     async def stop(self) -> None:

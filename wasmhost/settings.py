@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -63,6 +63,11 @@ class Settings(BaseSettings):
     # One Python process is bound by its GIL: N processes (each with its own
     # loop, engine, instances and SO_REUSEPORT socket) on one address use N cores.
     workers: int = Field(default=1, ge=1, description="Server processes (CLI only; create_app serves in-process).")
+    # inline: wasmhost's InlineLoop, which runs guest calls on the thread driving
+    # the loop (no thread hand-off per request); asyncio: the standard loop, guest
+    # calls on a thread per instance (what an app embedding wasmhost gets).
+    loop: Literal["inline", "asyncio"] = Field(
+        default="inline", description="Event loop of the CLI's server processes (CLI only).")
     env: list[str] = Field(
         default_factory=list,
         description="NAME=VAL to pass to the guest; a bare NAME passes the host's value.")

@@ -109,7 +109,7 @@ def _ended(code: int | None) -> str:
 
 def _worker(index: int, settings: Settings, socks: list[socket.socket], parent: int) -> None:
     """One worker process: its own Runtime (engine, instances, threads) serving on the inherited sockets."""
-    from .cli import tune_gc
+    from .cli import new_event_loop, tune_gc
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent relays Ctrl-C as SIGTERM
     logging.basicConfig(level=logging.INFO, format=f"[worker {index}] %(message)s")
@@ -119,7 +119,12 @@ def _worker(index: int, settings: Settings, socks: list[socket.socket], parent: 
         settings = settings.model_copy(update={"max_executing_requests": share})
     app = create_app(settings, runtime=Runtime(settings))
     tune_gc()
-    asyncio.run(_serve(app, socks, parent))
+    loop = new_event_loop(settings)
+    try:
+        loop.run_until_complete(_serve(app, socks, parent))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+    finally:
+        loop.close()
 
 
 async def _serve(app: web.Application, socks: list[socket.socket], parent: int) -> None:

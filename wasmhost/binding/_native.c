@@ -58,6 +58,18 @@ static int initialized;
  * state once the epoch callback has dropped the GIL for the rest of the call. */
 static __thread int in_guest_call;
 static __thread PyThreadState *released;
+/* Called (with the GIL) when the call has run past its GIL hold, before the GIL
+ * is dropped: a thread that drives an event loop hands the driving over. */
+static __thread PyObject *on_long_call;
+
+static void run_long_call_hook(void) {
+    PyObject *hook = on_long_call;
+    if (hook == NULL) return;
+    on_long_call = NULL; /* once per call */
+    PyObject *result = PyObject_CallNoArgs(hook);
+    if (result == NULL) PyErr_WriteUnraisable(hook);
+    Py_XDECREF(result);
+}
 
 /* -- the host-function trampoline ------------------------------------------------- */
 
@@ -236,6 +248,7 @@ static void *epoch_reached(void *ctx, void *data, uint64_t *delta, uint8_t *kind
         return w_error_new(state->message);
     if (in_guest_call && released == NULL) {
         /* The call has run for a tick: let the rest run without the GIL. */
+        run_long_call_hook();
         released = PyEval_SaveThread();
     }
     *delta = 1;
@@ -271,11 +284,14 @@ static PyObject *py_interrupt(PyObject *self, PyObject *args) {
 /* Call a component function with the GIL held until it returns or `hold_ticks`
  * epoch ticks pass, whichever is first (then epoch_reached drops it); with
  * `hold_ticks` 0 the GIL is dropped at once, as ctypes calls do. */
-static void *call_holding_gil(void *func, void *ctx, val *args, size_t nargs, unsigned long long hold_ticks) {
+static void *call_holding_gil(void *func, void *ctx, val *args, size_t nargs, unsigned long long hold_ticks,
+                              PyObject *long_call_hook) {
     /* The deadline is relative to now: an idle instance's stale deadline would
      * otherwise fire (and drop the GIL) at the first instruction. */
     w_set_epoch_deadline(ctx, hold_ticks > 0 ? hold_ticks : 1);
     in_guest_call = 1;
+    on_long_call = long_call_hook == Py_None ? NULL : long_call_hook;
+    if (hold_ticks == 0) run_long_call_hook();
     released = hold_ticks > 0 ? NULL : PyEval_SaveThread();
     void *error = w_func_call(func, ctx, args, nargs, NULL, 0);
     if (released != NULL) {
@@ -283,14 +299,17 @@ static void *call_holding_gil(void *func, void *ctx, val *args, size_t nargs, un
         released = NULL;
     }
     in_guest_call = 0;
+    on_long_call = NULL;
     return error;
 }
 
-/* call_handler(func, ctx, table, request, request_type, outparam, outparam_type, hold_ticks)
- * -> error address (0 on success): wasi:http's handle(own<incoming-request>,
- * own<response-outparam>), the two host objects put in `table` as new handles. */
+/* call_handler(func, ctx, table, request, request_type, outparam, outparam_type, hold_ticks,
+ *              on_long_call) -> error address (0 on success): wasi:http's
+ * handle(own<incoming-request>, own<response-outparam>), the two host objects put
+ * in `table` as new handles. `on_long_call` (or None) is called once the GIL hold
+ * is over, before the GIL is dropped. */
 static PyObject *py_call_handler(PyObject *self, PyObject *const *argv, Py_ssize_t argc) {
-    if (argc != 8) return PyErr_Format(PyExc_TypeError, "call_handler takes 8 arguments");
+    if (argc != 9) return PyErr_Format(PyExc_TypeError, "call_handler takes 9 arguments");
     void *func = PyLong_AsVoidPtr(argv[0]);
     void *ctx = PyLong_AsVoidPtr(argv[1]);
     uint32_t request_type = (uint32_t)PyLong_AsUnsignedLong(argv[4]);
@@ -305,7 +324,7 @@ static PyObject *py_call_handler(PyObject *self, PyObject *const *argv, Py_ssize
         w_resource_any_delete(args[0].of.resource);
         return NULL;
     }
-    void *error = call_holding_gil(func, ctx, args, 2, hold_ticks);
+    void *error = call_holding_gil(func, ctx, args, 2, hold_ticks, argv[8]);
     w_resource_any_delete(args[0].of.resource);
     w_resource_any_delete(args[1].of.resource);
     return PyLong_FromVoidPtr(error);
@@ -429,7 +448,8 @@ static PyMethodDef methods[] = {
     {"init", py_init, METH_VARARGS, "Give the module wasmtime's entry points, value kinds and value classes."},
     {"addresses", py_addresses, METH_NOARGS, "C addresses of the host_call, resource_drop and epoch_reached callbacks."},
     {"call_handler", (PyCFunction)(void (*)(void))py_call_handler, METH_FASTCALL,
-     "call_handler(func, ctx, table, request, request_type, outparam, outparam_type, hold_ticks) -> error address."},
+     "call_handler(func, ctx, table, request, request_type, outparam, outparam_type, hold_ticks, on_long_call)"
+     " -> error address."},
     {"interrupt_state_new", py_interrupt_state_new, METH_NOARGS, "Allocate a store's interruption state."},
     {"interrupt_state_free", py_interrupt_state_free, METH_O, "Free an interruption state."},
     {"interrupt", py_interrupt, METH_VARARGS, "interrupt(state, reason): the store traps at its next epoch tick."},

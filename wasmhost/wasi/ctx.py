@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable
 
 from .interface import Trap
-from .wakeups import WakeBatch, release_held_wakeups
+from .wakeups import WakeBatch, leave_loop, release_held_wakeups
 
 
 @dataclass(frozen=True)
@@ -207,6 +207,7 @@ class WasiCtx:
             return True
         if self.wake_batch is not None:
             self.wake_batch.flush()  # whoever we wait for may need what we queued
+        leave_loop()  # what we wait for may need the event loop this thread drives
         run = self.task_run
         held = self.holds_cpu_slot
         self.release_cpu_slot()  # a blocked store lets another one execute
@@ -230,6 +231,7 @@ class WasiCtx:
             return
         if not slots.acquire(timeout=0):
             release_held_wakeups()  # about to wait: deliver what this thread holds back
+            leave_loop()
             while not slots.acquire(timeout=0.05):
                 if self.interrupted is not None or self.long_running:
                     return

@@ -56,7 +56,7 @@ class WakeBatch:
                 return
             pending, self._pending = self._pending, []
         try:
-            self.loop.call_soon_threadsafe(_run_all, pending)
+            _call_soon(self.loop, _run_all, (pending,))
         except RuntimeError:  # the loop is closed: nobody is waiting any more
             return
 
@@ -71,6 +71,16 @@ def call_soon_threadsafe(loop: asyncio.AbstractEventLoop, fn: Callable[..., Any]
     batch: WakeBatch | None = getattr(_current, "batch", None)
     if batch is not None and batch.loop is loop:
         batch.add(fn, args)
+    else:
+        _call_soon(loop, fn, args)
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    # On the thread running the loop (an InlineLoop's driver runs guest jobs
+    # there, between iterations) there is nobody to wake: the callbacks given
+    # here only resolve futures, so they run at once.
+    if threading.get_ident() == getattr(loop, "_thread_id", None):
+        fn(*args)
     else:
         loop.call_soon_threadsafe(fn, *args)
 
@@ -114,3 +124,16 @@ def release_held_wakeups(more_work_queued: bool = False) -> None:
         return
     _current.held = None
     held.flush()
+
+
+def set_hand_off(hand_off: Callable[[], None] | None) -> None:
+    """Register what :func:`leave_loop` calls on this thread (an InlineLoop's driver threads)."""
+    _current.hand_off = hand_off
+
+
+def leave_loop() -> None:
+    """This thread is about to block or to run long: if it drives an event loop
+    (see :mod:`wasmhost.inline_loop`), another thread takes the driving over first."""
+    hand_off: Callable[[], None] | None = getattr(_current, "hand_off", None)
+    if hand_off is not None:
+        hand_off()
