@@ -81,6 +81,27 @@ def test_system_exit_from_a_callback_reaches_the_caller_of_run_forever(loop: Inl
     assert loop.run_until_complete(asyncio.sleep(0, result=7)) == 7
 
 
+def test_keyboard_interrupt_on_the_waiting_thread_stops_the_drivers(loop: InlineLoop) -> None:
+    """Ctrl-C without loop signal handlers: run_forever raises, and no driver runs on behind it."""
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        pytest.skip("SIGINT is handled by someone else here")
+    ticks: list[float] = []
+
+    def tick() -> None:
+        ticks.append(time.monotonic())
+        loop.call_later(0.01, tick)
+
+    loop.call_soon(tick)
+    loop.call_later(0.1, os.kill, os.getpid(), signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        loop.run_forever()
+    assert not loop.is_running()
+    seen = len(ticks)
+    time.sleep(0.1)
+    assert len(ticks) == seen  # nobody iterates the loop any more
+    assert loop.run_until_complete(asyncio.sleep(0, result=5)) == 5
+
+
 def test_signal_handlers_set_up_by_a_coroutine_work(loop: InlineLoop) -> None:
     """add_signal_handler must run on the main thread; the coroutine runs on a driver thread."""
 

@@ -6,9 +6,11 @@ A *worker* owns one store with one component instance and runs *tasks*
 tasks. The core knows nothing of HTTP or wasmtime: a :class:`HandlerState`
 creates stores, instantiates, runs a task, interrupts and releases a store.
 
-Threading. Each worker runs its tasks on an OS thread (a *lane*; one per
-concurrently running task) from a :class:`~wasmhost.handler_runtime.HandlerRuntime`,
-so guests use every core and a guest blocked on I/O blocks nobody else. All
+Threading. Each worker runs its tasks on *lanes* (one per concurrently
+running task) from a :class:`~wasmhost.handler_runtime.HandlerRuntime`: an
+OS thread each, or the thread driving an InlineLoop, which a task leaves
+before it blocks or once it runs long; either way guests use every core and a
+guest blocked on I/O blocks nobody else. All
 scheduling state lives in :class:`ProxyHandler` behind one lock; every event
 (spawn, a task returning, an I/O wait starting or ending, a timer) takes it,
 updates the state, and collects *effects* (callbacks into the state, the

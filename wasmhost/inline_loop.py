@@ -79,14 +79,19 @@ class InlineLoop(asyncio.SelectorEventLoop):
         return threading.get_ident() == self._driver
 
     def _run_jobs(self, me: int) -> None:
+        """The jobs queued so far (later ones wait for the next iteration, so I/O is not starved)."""
         jobs = self._jobs
-        while jobs and self._driver == me:
+        for _ in range(len(jobs)):
+            if self._driver != me:
+                return
             job = jobs.popleft()
             try:
                 job()
             except BaseException:
                 # Jobs handle their own errors; this only keeps the loop going.
                 log.exception("inline job failed")
+        if jobs:
+            self.call_soon(_no_op)  # the next iteration must not sleep in select() meanwhile
 
     # -- handing over -----------------------------------------------------------------
     def _hand_off(self) -> None:
@@ -172,20 +177,34 @@ class InlineLoop(asyncio.SelectorEventLoop):
             self._wanted = True
             self._thread_id = _NO_THREAD
             self._wake_standby()
-            while not self._session_done:
-                while self._main_calls:
-                    call = self._main_calls.popleft()
-                    self._cond.release()
-                    try:
-                        call.run()
-                    finally:
-                        self._cond.acquire()
-                if not self._session_done:
+            try:
+                self._wait_for_session()
+            except BaseException:
+                # E.g. KeyboardInterrupt raised here by Python's default SIGINT
+                # handler: stop the drivers before run_forever reports the loop stopped.
+                self._stopping = True
+                self._write_to_self()
+                while not self._session_done:
                     self._cond.wait()
-            self._thread_id = self._home
+                raise
+            finally:
+                self._thread_id = self._home
             error, self._session_error = self._session_error, None
         if error is not None:
             raise error
+
+    def _wait_for_session(self) -> None:
+        # With _cond held.
+        while not self._session_done:
+            while self._main_calls:
+                call = self._main_calls.popleft()
+                self._cond.release()
+                try:
+                    call.run()
+                finally:
+                    self._cond.acquire()
+            if not self._session_done:
+                self._cond.wait()
 
     def _on_home_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn`` on the thread that waits in run_forever (signal set-up must run there)."""
@@ -212,6 +231,10 @@ class InlineLoop(asyncio.SelectorEventLoop):
             self._closing = True
             self._cond.notify_all()
         super().close()
+
+
+def _no_op() -> None:
+    """A ready callback, so that an iteration polls without waiting."""
 
 
 class _MainCall:
