@@ -33,12 +33,16 @@ async def test_idle_instance_expires(serve, guest) -> None:
 
 async def test_spinning_guest_is_stopped_between_1x_and_2x_while_others_succeed(serve, guest) -> None:
     client = await serve(guest("misbehave"), request_timeout=f"{int(TIMEOUT * 1000)}ms")
+    # A warm instance first: the spinner reuses it, so on an InlineLoop it starts
+    # on the loop's thread and must hand the loop over once it runs long.
+    assert (await client.get("/")).status == 200
     started = time.monotonic()
     spin = asyncio.ensure_future(client.get("/spin"))
     # Healthy requests keep being served while the spinning one burns its instance.
     for _ in range(5):
         ok = await client.get("/")
         assert ok.status == 200 and await ok.text() == "ok\n"
+    assert not spin.done()
     resp = await spin
     elapsed = time.monotonic() - started
     assert resp.status == 504
