@@ -113,3 +113,22 @@ def test_lane_hook_runs_after_each_job_with_whether_more_is_queued() -> None:
         time.sleep(0.01)
     runtime.shutdown()
     assert calls == [True, True, False, False]
+
+
+async def test_on_the_loop_thread_callbacks_run_at_once_elsewhere_they_are_scheduled() -> None:
+    loop = asyncio.get_running_loop()
+    ran_on: dict[str, int] = {}
+
+    def record(label: str) -> None:
+        ran_on[label] = threading.get_ident()
+
+    call_soon_threadsafe(loop, record, "from the loop thread")
+    assert ran_on == {"from the loop thread": threading.get_ident()}  # at once, no self-pipe round trip
+
+    def worker() -> None:
+        call_soon_threadsafe(loop, record, "from a worker")
+        assert "from a worker" not in ran_on or ran_on["from a worker"] != threading.get_ident()
+
+    await asyncio.to_thread(worker)
+    await _settle_loop()
+    assert ran_on["from a worker"] == threading.get_ident()  # the loop ran it

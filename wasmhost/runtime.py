@@ -16,11 +16,11 @@ from typing import Any, Callable
 from .engine import EngineOptions, GuestInstance, GuestTrap, WasmEngine, default_cache_dir
 from .handler import ProxyHandler, RequestTimeoutError, TaskRun, WorkerError
 from .handler_runtime import ThreadRuntime
+from .inline_loop import InlineLoop
 from .profile import guest_profiler
 from .settings import Settings
 from .wasi.ctx import CpuSlots, GuestExit, WasiConfig, WasiCtx
 from .wasi.http_exchange import HttpExchange
-from .inline_loop import InlineLoop
 from .wasi.wakeups import deferred_wakeups, leave_loop, release_held_wakeups
 
 log = logging.getLogger("wasmhost")

@@ -14,6 +14,11 @@ request's wake-ups (``deferred_wakeups(hold=True)``) until it runs out of
 queued work or they are ``HOLD_LIMIT`` old (``release_held_wakeups`` between
 jobs): each wake-up is a GIL hand-off to the loop, and under load several
 responses then cost one.
+
+On the thread running the loop itself (an :class:`~wasmhost.inline_loop.InlineLoop`
+runs guest calls on the thread driving it) nothing needs waking: the
+callbacks run at once. That thread calls :func:`leave_loop` before it blocks,
+so that another thread drives the loop meanwhile.
 """
 from __future__ import annotations
 
@@ -67,7 +72,8 @@ def _run_all(pending: list[tuple[Callable[..., Any], tuple[Any, ...]]]) -> None:
 
 
 def call_soon_threadsafe(loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], *args: Any) -> None:
-    """Like ``loop.call_soon_threadsafe``, but batched while the calling thread defers wake-ups."""
+    """Like ``loop.call_soon_threadsafe``, but batched while the calling thread defers wake-ups,
+    and run at once on the loop's own thread (``fn`` must only resolve futures)."""
     batch: WakeBatch | None = getattr(_current, "batch", None)
     if batch is not None and batch.loop is loop:
         batch.add(fn, args)
