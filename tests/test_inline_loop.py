@@ -83,8 +83,14 @@ def test_system_exit_from_a_callback_reaches_the_caller_of_run_forever(loop: Inl
 
 def test_keyboard_interrupt_on_the_waiting_thread_stops_the_drivers(loop: InlineLoop) -> None:
     """Ctrl-C without loop signal handlers: run_forever raises, and no driver runs on behind it."""
-    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        pytest.skip("SIGINT is handled by someone else here")
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own, raising KeyboardInterrupt
+    try:
+        _interrupt_a_running_loop(loop)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _interrupt_a_running_loop(loop: InlineLoop) -> None:
     ticks: list[float] = []
 
     def tick() -> None:
