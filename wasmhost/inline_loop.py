@@ -9,8 +9,8 @@ hand-offs, self-pipe writes. :class:`InlineLoop` instead runs *lane jobs*
 iterations of the loop, on whichever thread drives it.
 
 A job must not block the loop, though: a guest waiting for its request body,
-an outgoing response, a timer or a CPU slot waits for things the loop does.
-Before it blocks, or once it has run for a while (an instantiation, a guest
+an outgoing response or a timer waits for things the loop does, and one
+waiting for a CPU slot waits for other guests. Before it blocks, or once it has run for a while (an instantiation, a guest
 call past its GIL hold), the job *hands the driving over*
 (:func:`wasmhost.wasi.wakeups.leave_loop`): a standby thread takes the loop
 over at once and runs its iterations and jobs, while the job carries on where
