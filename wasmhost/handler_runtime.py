@@ -199,21 +199,28 @@ class _PooledThread:
                 self._between_jobs(False)
                 return
             else:
-                try:
-                    item()  # type: ignore[operator]
-                except BaseException:
-                    # Jobs handle their own errors; this only keeps the thread alive.
-                    log.exception("worker job failed")
+                _run_job(item)  # type: ignore[arg-type]
                 # A queued _RELEASE/_STOP counts as more work: it calls the hook itself.
                 self._between_jobs(not self.jobs.empty())
 
     def _between_jobs(self, more_queued: bool) -> None:
-        hook = self._runtime.between_jobs
-        if hook is not None:
-            try:
-                hook(more_queued)
-            except Exception:
-                log.exception("between_jobs hook failed")
+        _call_between_jobs(self._runtime.between_jobs, more_queued)
+
+
+def _run_job(job: Job) -> None:
+    try:
+        job()
+    except BaseException:
+        # Jobs handle their own errors; this only keeps the lane going.
+        log.exception("worker job failed")
+
+
+def _call_between_jobs(hook: Callable[[bool], None] | None, more_queued: bool) -> None:
+    if hook is not None:
+        try:
+            hook(more_queued)
+        except Exception:
+            log.exception("between_jobs hook failed")
 
 
 class InlineLane:
@@ -246,15 +253,8 @@ class InlineLane:
 
     def _run(self, job: Job) -> None:
         while True:
-            try:
-                job()
-            except BaseException:
-                log.exception("worker job failed")  # jobs handle their own errors
-            if self._between_jobs is not None:
-                try:
-                    self._between_jobs(False)
-                except Exception:
-                    log.exception("between_jobs hook failed")
+            _run_job(job)
+            _call_between_jobs(self._between_jobs, False)
             with self._lock:
                 if not self._backlog:
                     self._busy = False
