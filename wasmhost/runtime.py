@@ -21,7 +21,7 @@ from .profile import guest_profiler
 from .settings import Settings
 from .wasi.ctx import CpuSlots, GuestExit, WasiConfig, WasiCtx
 from .wasi.http_exchange import HttpExchange
-from .wasi.wakeups import deferred_wakeups, leave_loop, release_held_wakeups
+from .wasi.wakeups import before_waiting, deferred_wakeups, release_held_wakeups
 
 log = logging.getLogger("wasmhost")
 
@@ -126,8 +126,7 @@ class EngineState:
         return ctx, recorder.write
 
     def instantiate(self, store: WasiCtx, instance_pre: WasmEngine) -> GuestInstance:
-        release_held_wakeups()  # milliseconds of work ahead: deliver earlier responses first
-        leave_loop()  # and let the event loop go on without this thread
+        before_waiting()  # milliseconds of work ahead
         return instance_pre.instantiate(store, store.extras.get("profile"))
 
     def run_task(self, store: WasiCtx, instance: GuestInstance, task: HttpTask, run: TaskRun) -> None:

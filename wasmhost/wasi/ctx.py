@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable
 
 from .interface import Trap
-from .wakeups import WakeBatch, leave_loop, release_held_wakeups
+from .wakeups import WakeBatch, before_waiting, leave_loop
 
 
 @dataclass(frozen=True)
@@ -230,8 +230,7 @@ class WasiCtx:
         if slots is None or self.long_running:
             return
         if not slots.acquire(timeout=0):
-            release_held_wakeups()  # about to wait: deliver what this thread holds back
-            leave_loop()
+            before_waiting()
             while not slots.acquire(timeout=0.05):
                 if self.interrupted is not None or self.long_running:
                     return

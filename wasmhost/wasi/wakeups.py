@@ -143,3 +143,10 @@ def leave_loop() -> None:
     hand_off: Callable[[], None] | None = getattr(_current, "hand_off", None)
     if hand_off is not None:
         hand_off()
+
+
+def before_waiting() -> None:
+    """This thread is about to wait or to run long: deliver the wake-ups it holds
+    back, then hand over the event loop it drives (if any)."""
+    release_held_wakeups()
+    leave_loop()
