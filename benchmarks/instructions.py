@@ -104,17 +104,22 @@ def _category(function: str, obj: str | None) -> str:
 
 
 def _profile(command: list[str], port: int, requests: int, out_file: str) -> Counter[str]:
-    process = subprocess.Popen(
-        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out_file}", "--smc-check=all-non-file", *command],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
-        url = f"http://127.0.0.1:{port}/"
-        _wait_until_serving(url, process)
-        subprocess.run(["hey", "-n", str(requests), "-c", "10", "-t", "120", url], check=True, capture_output=True)
-    finally:
-        process.send_signal(signal.SIGINT)  # Ctrl-C: the server shuts down, callgrind writes its file
-        process.wait(timeout=300)
+    log_file = out_file + ".log"
+    with open(log_file, "wb") as log:
+        process = subprocess.Popen(
+            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out_file}", "--smc-check=all-non-file", *command],
+            stdout=subprocess.DEVNULL, stderr=log,
+        )
+        try:
+            url = f"http://127.0.0.1:{port}/"
+            _wait_until_serving(url, process)
+            subprocess.run(["hey", "-n", str(requests), "-c", "10", "-t", "120", url], check=True, capture_output=True)
+        finally:
+            process.send_signal(signal.SIGINT)  # Ctrl-C: the server shuts down, callgrind writes its file
+            process.wait(timeout=300)
+    if not os.path.exists(out_file):
+        raise SystemExit(f"callgrind wrote no profile (exit status {process.returncode}):\n"
+                         + Path(log_file).read_text(errors="replace")[-2000:])
     return _by_object(out_file)
 
 

@@ -32,11 +32,16 @@ import logging
 import sys
 import threading
 from asyncio import events
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from .wasi.wakeups import set_hand_off
 
 log = logging.getLogger("wasmhost")
+
+if TYPE_CHECKING:  # Python 3.11+ has both in typing; annotations only here
+    from typing_extensions import TypeVarTuple, Unpack
+
+    _Ts = TypeVarTuple("_Ts")
 
 Job = Callable[[], None]
 
@@ -51,6 +56,12 @@ class InlineLoop(asyncio.SelectorEventLoop):
     ``idle_thread_timeout``: seconds a standby thread waits for the driving
     before it exits (one always stays while the loop is open).
     """
+
+    if TYPE_CHECKING:
+        # asyncio internals this loop builds on; typeshed does not declare them.
+        def _write_to_self(self) -> None: ...
+        def _asyncgen_firstiter_hook(self, agen: Any) -> None: ...
+        def _asyncgen_finalizer_hook(self, agen: Any) -> None: ...
 
     def __init__(self, idle_thread_timeout: float = 30.0) -> None:
         super().__init__()
@@ -148,7 +159,7 @@ class InlineLoop(asyncio.SelectorEventLoop):
             if self._driver != me:
                 return  # a job handed the driving over; it finished on this thread
             try:
-                super()._run_once()
+                super()._run_once()  # type: ignore[misc]  # asyncio's iteration, not in typeshed
             except BaseException as exc:  # e.g. GracefulExit from a signal handler
                 self._end_session(exc)
                 return
@@ -220,7 +231,7 @@ class InlineLoop(asyncio.SelectorEventLoop):
             return fn(*args)
         return call.result()
 
-    def add_signal_handler(self, sig: int, callback: Callable[..., object], *args: Any) -> None:
+    def add_signal_handler(self, sig: int, callback: Callable[[Unpack[_Ts]], object], *args: Unpack[_Ts]) -> None:
         self._on_home_thread(super().add_signal_handler, sig, callback, *args)
 
     def remove_signal_handler(self, sig: int) -> bool:

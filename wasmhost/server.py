@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any, Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence, cast
 
 from aiohttp import ClientSession, DummyCookieJar, web, web_urldispatcher
+from aiohttp.http_writer import StreamWriter
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -23,6 +24,9 @@ from .settings import Settings
 from .handler import RequestTimeoutError
 from .wasi.http_exchange import GuestHttpError, GuestResponseError, GuestTrapped, HttpExchange
 from .wasi.pipe import Pipe, PipeFailed
+
+if TYPE_CHECKING:
+    from aiohttp.web_urldispatcher import _InfoDict
 
 log = logging.getLogger("wasmhost.server")
 
@@ -80,7 +84,7 @@ class _AnyPath(web_urldispatcher.Resource):
         prefix = self._prefix
         return not prefix or path == prefix or path.startswith(prefix + "/")
 
-    def get_info(self) -> dict[str, Any]:
+    def get_info(self) -> "_InfoDict":
         return {"prefix": self.canonical}
 
     def url_for(self) -> URL:  # type: ignore[override]
@@ -263,7 +267,8 @@ async def _send(request: web.Request, response: Any, req_id: int) -> web.StreamR
 
 async def _write_trailers(out: web.StreamResponse, trailers: list[tuple[str, bytes]]) -> None:
     """End a chunked body with a trailer section (aiohttp has no API for it)."""
-    writer = out._payload_writer  # noqa: SLF001 - aiohttp offers no public trailer support
+    # aiohttp offers no public trailer support: this writes through its StreamWriter.
+    writer = cast(StreamWriter, out._payload_writer)  # noqa: SLF001
     assert writer is not None
     block = b"".join(name.encode("latin-1") + b": " + value + b"\r\n" for name, value in trailers)
     writer.chunked = False

@@ -86,14 +86,14 @@ def run_workers(settings: Settings, socket_groups: list[list[socket.socket]]) ->
         while running:
             for sentinel in multiprocessing.connection.wait(list(running)):
                 assert isinstance(sentinel, int)
-                worker = running.pop(sentinel)
-                worker.join()
+                ended = running.pop(sentinel)
+                ended.join()
                 if not stopping:
-                    log.error("%s (pid %s) %s; stopping the others", worker.name, worker.pid, _ended(worker.exitcode))
+                    log.error("%s (pid %s) %s; stopping the others", ended.name, ended.pid, _ended(ended.exitcode))
                     failed = True
                     stop()
-                elif worker.exitcode not in (0, -signal.SIGTERM):  # -SIGTERM: stopped while still starting
-                    log.error("%s (pid %s) %s", worker.name, worker.pid, _ended(worker.exitcode))
+                elif ended.exitcode not in (0, -signal.SIGTERM):  # -SIGTERM: stopped while still starting
+                    log.error("%s (pid %s) %s", ended.name, ended.pid, _ended(ended.exitcode))
                     failed = True
         return 1 if failed else 0
     finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import struct
+from typing import Any
 from ctypes import c_bool, c_char_p, c_size_t, c_uint32, c_uint64, c_void_p
 
 from wasmtime import _ffi as wasmtime_ffi
@@ -50,7 +51,7 @@ K_FLAGS = _kind("FLAGS")
 K_RESOURCE = _kind("RESOURCE")
 
 
-def _proto(name: str, restype: object, *argtypes: object) -> ctypes._CFuncPtr:
+def _proto(name: str, restype: Any, *argtypes: Any) -> Any:
     fn = dll[name]
     fn.restype = restype
     fn.argtypes = list(argtypes)

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 Lift = Callable[[int, "StoreBinding"], Any]
 Lower = Callable[[Any, int, "StoreBinding"], None]
 
-_SCALARS: dict[type, tuple[int, type, Callable[[Any], Any], Callable[[Any], Any]]] = {
+_SCALARS: dict[type, tuple[int, Any, Callable[[Any], Any], Callable[[Any], Any]]] = {
     wc.Bool: (capi.K_BOOL, ctypes.c_bool, bool, bool),
     wc.S8: (capi.K_S8, ctypes.c_int8, int, int),
     wc.U8: (capi.K_U8, ctypes.c_uint8, int, int),

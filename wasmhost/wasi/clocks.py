@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Literal
 
 from .ctx import WasiCtx
 from .interface import HostInterface, Trap
@@ -26,7 +27,7 @@ NS_PER_S = 1_000_000_000
 _MAX_WAIT_NS = int(threading.TIMEOUT_MAX) * NS_PER_S
 
 
-def _resolution_ns(clock: str) -> int:
+def _resolution_ns(clock: Literal["monotonic", "time"]) -> int:
     return max(1, round(time.get_clock_info(clock).resolution * NS_PER_S))
 
 
