@@ -173,6 +173,42 @@ def test_sigterm_finishes_requests_in_flight_then_exits(guest, loop: str) -> Non
     assert server.proc.wait(timeout=30) == 0
 
 
+@pytest.mark.parametrize("loop", ["inline", "asyncio"])
+def test_guests_stuck_writing_to_a_full_stdout_pipe_hold_up_only_their_own_requests(guest, loop: str) -> None:
+    """The server's stdout is a pipe nobody reads here (until stop). One guest prints
+    1 MiB and blocks once the pipe is full; then a short print on another, warm
+    instance blocks at once, inside a short call that (with --loop inline) runs on
+    the event loop's own thread. Other requests must still be served."""
+    import threading
+
+    server = Server(str(guest("misbehave")), "--loop", loop, "--idle-instance-timeout", "60")
+    results: dict[str, tuple[int, bytes]] = {}
+
+    def get(path: str) -> threading.Thread:
+        thread = threading.Thread(target=lambda: results.setdefault(path, server.get(path)))
+        thread.start()
+        return thread
+
+    blocked: list[threading.Thread] = []
+    try:
+        warm = [get("/sleep?ms=300"), get("/sleep?ms=301")]  # two instances, both warm afterwards
+        for thread in warm:
+            thread.join(30)
+        blocked.append(get("/print?kib=1024"))
+        time.sleep(1.0)  # far longer than printing into a pipe with room takes
+        blocked.append(get("/print?kib=1"))
+        time.sleep(0.5)
+        assert all(thread.is_alive() for thread in blocked), "a printing request finished: the pipe did not fill"
+        assert server.get("/") == (200, b"ok\n")
+    finally:
+        out, _ = server.stop()  # reads the pipe: the printers get to finish
+        for thread in blocked:
+            thread.join(30)
+    assert results["/print?kib=1024"] == (200, b"printed 1024 KiB\n")
+    assert results["/print?kib=1"] == (200, b"printed 1 KiB\n")
+    assert out.count("misbehave: " + "x" * 52) == 1025 * 16
+
+
 def test_tune_gc_freezes_startup_objects_and_raises_the_young_threshold() -> None:
     import gc
 

@@ -400,3 +400,24 @@ def test_interfaces_are_exposed_once() -> None:
     names = [iface.name for module in MODULES for iface in module.INTERFACES]
     assert len(names) == len(set(names))
     assert all(isinstance(iface, HostInterface) for module in MODULES for iface in module.INTERFACES)
+
+
+def test_guest_output_checks_whether_a_write_could_block_only_where_it_can(tmp_path: Path) -> None:
+    import os
+
+    from wasmhost.wasi.ctx import _write_readiness
+
+    assert _write_readiness(io.BytesIO()) is None  # in memory: never waits
+    with open(tmp_path / "out.log", "wb") as regular:
+        assert _write_readiness(regular) is None  # a regular file: never waits for a reader
+    read_end, write_end = os.pipe()
+    with os.fdopen(write_end, "wb") as pipe, os.fdopen(read_end, "rb"):
+        ready = _write_readiness(pipe)
+        assert ready is not None
+        assert ready(100)
+        assert not ready(1 << 20)  # more than the pipe takes at once: it could wait part-way
+        os.set_blocking(write_end, False)
+        with pytest.raises(BlockingIOError):
+            while True:
+                os.write(write_end, b"x" * 4096)  # fill the pipe
+        assert not ready(1)

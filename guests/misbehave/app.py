@@ -16,6 +16,9 @@
     declare ``content-length: 10`` and then write 5 or 15 bytes.
 ``/count``
     a per-instance request counter (``N\n``), to tell instances apart.
+``/print?kib=N``
+    prints N KiB to stdout (lines of 64 bytes, default 256 KiB), then answers
+    ``200`` ``printed N KiB\n``: more than a pipe holds when nobody reads it.
 anything else
     ``200`` ``text/plain`` body ``ok\n``.
 """
@@ -88,6 +91,13 @@ class IncomingHandler(exports.IncomingHandler):
                 OutgoingBody.finish(out_body, None)
             except Exception as error:  # the host refuses the broken length
                 print(f"misbehave: body refused: {error!r}")
+
+        elif url.path == "/print":
+            kib = int(parse_qs(url.query).get("kib", ["256"])[0])
+            line = "misbehave: " + "x" * 52  # 63 characters and a newline
+            for _ in range(kib * 16):
+                print(line, flush=True)
+            respond_text(response_out, f"printed {kib} KiB\n")
 
         elif url.path == "/count":
             SERVED[0] += 1

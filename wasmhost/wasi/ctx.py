@@ -10,6 +10,8 @@ import asyncio
 import os
 import queue
 import random
+import select
+import stat
 import sys
 import threading
 import time
@@ -85,6 +87,7 @@ class LineSink:
         self.out = out if out is not None else getattr(sys, name).buffer
         self._pending = bytearray()
         self._lock = threading.Lock()
+        self._ready = _write_readiness(self.out)
 
     def _prefix(self) -> bytes:
         if not self.ctx.config.logging_prefix:
@@ -100,17 +103,49 @@ class LineSink:
             self._pending = bytearray(rest)
             prefix = self._prefix()
             lines = head.split(b"\n")
-            self.out.write(b"".join(prefix + line + b"\n" for line in lines))
-            self.out.flush()
+            self._emit(b"".join(prefix + line + b"\n" for line in lines))
 
     def flush(self) -> None:
         if not self._pending:
             return  # write() already flushed every complete line
         with self._lock:
             if self._pending:
-                self.out.write(self._prefix() + bytes(self._pending) + b"\n")
+                self._emit(self._prefix() + bytes(self._pending) + b"\n")
                 self._pending.clear()
-            self.out.flush()
+            else:
+                self.out.flush()
+
+    def _emit(self, data: bytes) -> None:
+        """Write and flush, with the lock held. The server's own stdout may be a pipe
+        nobody drains: if the write could block, the event loop this thread may be
+        driving (InlineLoop) goes to another thread first, so only this guest waits."""
+        ready = self._ready
+        if ready is not None and not ready(len(data)):
+            before_waiting()
+        self.out.write(data)
+        self.out.flush()
+
+
+def _write_readiness(out: BinaryIO) -> Callable[[int], bool] | None:
+    """For ``out`` backed by a pipe, socket or terminal: a check that writing ``n``
+    bytes now cannot block. None where writes never wait for a reader (regular
+    files, in-memory buffers)."""
+    try:
+        fd = out.fileno()
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+    except (OSError, ValueError, AttributeError):  # io.UnsupportedOperation is both
+        return None
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    atomic = getattr(select, "PIPE_BUF", 512)
+
+    def ready(n: int) -> bool:
+        # A pipe reports POLLOUT with at least PIPE_BUF bytes free; a larger
+        # write may wait for the reader part-way through.
+        return n <= atomic and any(events & select.POLLOUT for _, events in poller.poll(0))
+
+    return ready
 
 
 class WasiCtx:
