@@ -140,7 +140,9 @@ class EngineState:
         store.interrupt(reason)
 
     def release(self, store: WasiCtx, instance: GuestInstance | None) -> None:
-        release_held_wakeups()
+        # Freeing a store with a big memory takes most of a millisecond (ctypes lets
+        # the GIL go meanwhile): not on the loop's thread.
+        before_waiting()
         if instance is not None:
             instance.close()
         else:
