@@ -123,7 +123,12 @@ class EngineState:
             return ctx, None
         recorder = runtime.profiler.recorder()
         ctx.extras["profile"] = recorder
-        return ctx, recorder.write
+
+        def write_profile() -> None:
+            before_waiting()  # file I/O: not on the loop's thread
+            recorder.write()
+
+        return ctx, write_profile
 
     def instantiate(self, store: WasiCtx, instance_pre: WasmEngine) -> GuestInstance:
         before_waiting()  # milliseconds of work ahead
