@@ -209,6 +209,23 @@ def test_guests_stuck_writing_to_a_full_stdout_pipe_hold_up_only_their_own_reque
     assert out.count("misbehave: " + "x" * 52) == 1025 * 16
 
 
+def test_a_client_gone_before_the_response_head_is_not_a_server_error(guest) -> None:
+    import socket
+
+    server = Server(str(guest("misbehave")))
+    try:
+        with socket.create_connection(("127.0.0.1", server.port)) as sock:
+            sock.sendall(b"GET /sleep?ms=300&then=300 HTTP/1.1\r\nHost: test\r\n\r\n")
+            time.sleep(0.1)
+        # Gone: the head comes 0.2 s later (while its body is still to come), the body 0.3 s after that.
+        time.sleep(1.0)
+        assert server.get("/sleep?ms=1&then=1") == (200, b"slept 1 ms, then 1 ms\n")
+    finally:
+        out, err = server.stop()
+    assert "Traceback" not in err and "Error handling request" not in err, err
+    assert "stdout [0] :: misbehave: body not delivered" in out  # the guest saw the write fail
+
+
 def test_tune_gc_freezes_startup_objects_and_raises_the_young_threshold() -> None:
     import gc
 

@@ -227,10 +227,30 @@ async def _send(request: web.Request, response: Any, req_id: int) -> web.StreamR
         out.content_length = declared_length
     elif has_body and request.version >= (1, 1):
         out.enable_chunked_encoding()
-    await out.prepare(request)
+    try:
+        await out.prepare(request)
+        await _stream_body(request, out, response, pipe, has_body, complete, req_id)
+    except ConnectionError:
+        # The client went away (before the head or during the body): a normal
+        # event, not a server error. Nobody reads the rest of the body now.
+        log.debug("request %s: client disconnected before the response was sent", req_id)
+        if pipe is not None:
+            pipe.abort(ConnectionAbortedError("client disconnected"))
+    except BaseException:  # e.g. cancelled: the guest must not wait on a pipe nobody drains
+        if pipe is not None:
+            pipe.abort(ConnectionAbortedError("the response was abandoned"))
+        raise
+    return out
+
+
+async def _stream_body(
+    request: web.Request, out: web.StreamResponse, response: Any, pipe: Pipe | None,
+    has_body: bool, complete: bytes | None, req_id: int,
+) -> None:
+    """After the head: the body as the guest writes it, then trailers or the end."""
     if pipe is None:
         await out.write_eof()
-        return out
+        return
     if not has_body:
         # Nothing may follow the head; still drain so the guest is never stuck
         # writing. A failing body does not matter: the head alone is the answer.
@@ -238,11 +258,11 @@ async def _send(request: web.Request, response: Any, req_id: int) -> web.StreamR
             while await pipe.drain() is not None:
                 continue
         await out.write_eof()
-        return out
+        return
     if complete is not None:  # finished, with trailers: they need the chunked framing
         if not out.chunked:
             await out.write_eof(complete)
-            return out
+            return
         await out.write(complete)
     try:
         while (chunk := await pipe.drain()) is not None:
@@ -251,18 +271,12 @@ async def _send(request: web.Request, response: Any, req_id: int) -> web.StreamR
         # The head is already out: the only honest signal left is to cut the connection.
         log.error("request %s: response body failed after the head was sent: %s", req_id, exc.args[0] if exc.args else exc)
         _abort(request)
-        return out
-    except (ConnectionError, asyncio.CancelledError) as exc:
-        pipe.abort(ConnectionAbortedError("client disconnected"))
-        if isinstance(exc, asyncio.CancelledError):
-            raise
-        return out
+        return
     trailers = response.trailers()
     if trailers and out.chunked:
         await _write_trailers(out, trailers)
     else:
         await out.write_eof()
-    return out
 
 
 async def _write_trailers(out: web.StreamResponse, trailers: list[tuple[str, bytes]]) -> None:

@@ -6,6 +6,10 @@
     blocks in ``wasi:io/poll#poll`` on a ``wasi:clocks/monotonic-clock``
     ``subscribe-duration`` pollable for N milliseconds (default 100), then
     answers ``200`` ``slept N ms\n``.
+``/sleep?ms=N&then=M``
+    the same, but sets the response head after N ms and writes the body
+    (``slept N ms, then M ms\n``) M ms later; if the client is gone by then,
+    the write fails and the guest returns without a trap.
 ``/trap``
     raises a Python exception before setting any response; componentize-py
     turns an uncaught exception into a wasm trap.
@@ -53,6 +57,11 @@ def respond_text(response_out: ResponseOutparam, text: str) -> None:
     OutgoingBody.finish(out_body, None)
 
 
+def sleep_ms(ms: int) -> None:
+    with monotonic_clock.subscribe_duration(ms * 1_000_000) as timer:
+        poll.poll([timer])
+
+
 class IncomingHandler(exports.IncomingHandler):
     def handle(self, request: IncomingRequest, response_out: ResponseOutparam) -> None:
         url = urlsplit(request.path_with_query() or "/")
@@ -63,10 +72,23 @@ class IncomingHandler(exports.IncomingHandler):
                 n += 1
 
         elif url.path == "/sleep":
-            ms = int(parse_qs(url.query).get("ms", ["100"])[0])
-            with monotonic_clock.subscribe_duration(ms * 1_000_000) as timer:
-                poll.poll([timer])
-            respond_text(response_out, f"slept {ms} ms\n")
+            query = parse_qs(url.query)
+            ms = int(query.get("ms", ["100"])[0])
+            then = int(query.get("then", ["0"])[0])
+            sleep_ms(ms)
+            if not then:
+                respond_text(response_out, f"slept {ms} ms\n")
+                return
+            response = OutgoingResponse(Fields.from_list([("content-type", b"text/plain")]))
+            out_body = response.body()
+            ResponseOutparam.set(response_out, Ok(response))
+            sleep_ms(then)
+            try:
+                with out_body.write() as stream:
+                    stream.blocking_write_and_flush(f"slept {ms} ms, then {then} ms\n".encode())
+                OutgoingBody.finish(out_body, None)
+            except Exception as error:  # the client went away
+                print(f"misbehave: body not delivered: {error!r}")
 
         elif url.path == "/trap":
             raise RuntimeError("misbehave: trap before the response")
