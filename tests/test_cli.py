@@ -226,6 +226,30 @@ def test_a_client_gone_before_the_response_head_is_not_a_server_error(guest) -> 
     assert "stdout [0] :: misbehave: body not delivered" in out  # the guest saw the write fail
 
 
+@pytest.mark.parametrize("loop", ["inline", "asyncio"])
+def test_a_response_body_whose_client_left_reads_as_closed_to_the_guest(guest, loop: str) -> None:
+    """As in wasmtime, where the body stream reports ``closed`` once hyper dropped the
+    receiving end: a guest that stops writing on ``closed`` returns normally, no trap."""
+    import socket
+
+    server = Server(str(guest("misbehave")), "--loop", loop)
+    try:
+        with socket.create_connection(("127.0.0.1", server.port)) as sock:
+            sock.sendall(b"GET /stream HTTP/1.1\r\nHost: test\r\n\r\n")
+            received = 0
+            while received < 200_000:
+                data = sock.recv(65536)
+                assert data, "the server ended the response"
+                received += len(data)
+        deadline = time.monotonic() + 30
+        while server.get("/count") != (200, b"2\n") and time.monotonic() < deadline:
+            time.sleep(0.1)  # the same instance serves on once the streaming request returned
+    finally:
+        out, err = server.stop()
+    assert "misbehave: client gone after" in out
+    assert "trapped" not in err, err
+
+
 def test_tune_gc_freezes_startup_objects_and_raises_the_young_threshold() -> None:
     import gc
 

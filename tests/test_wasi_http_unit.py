@@ -37,6 +37,7 @@ from wasmhost.wasi.io_streams import (
     input_blocking_read,
     output_blocking_flush,
     output_blocking_write_and_flush,
+    output_check_write,
     output_write,
 )
 from wasmhost.wasi.pipe import Pipe, PipeFailed
@@ -354,6 +355,23 @@ async def test_dropping_an_unfinished_body_fails_its_pipe(ctx: WasiCtx) -> None:
     body.on_drop()
     assert await resp.body.pipe.drain() == b"partial"
     with pytest.raises(PipeFailed):
+        await resp.body.pipe.drain()
+
+
+async def test_a_body_whose_reader_left_is_closed_to_the_writer_not_failed(ctx: WasiCtx) -> None:
+    """The server aborts a response body when its client goes away: the guest's
+    stream then reports ``closed``, as wasmtime's does when hyper dropped the body."""
+    resp = T["[constructor]outgoing-response"](ctx, T["[constructor]fields"](ctx))
+    body = T["[method]outgoing-response.body"](ctx, resp)
+    stream = T["[method]outgoing-body.write"](ctx, body)
+    output_write(ctx, stream, b"never read")
+    resp.body.pipe.abort(ConnectionAbortedError("client disconnected"))
+    for call in (lambda: output_check_write(ctx, stream), lambda: output_write(ctx, stream, b"more")):
+        with pytest.raises(Err) as refused:
+            call()
+        assert refused.value.value == Case("closed")
+    assert resp.body.pipe.flushed()  # nothing left waiting for a reader
+    with pytest.raises(PipeFailed):  # the reader side sees why
         await resp.body.pipe.drain()
 
 

@@ -20,6 +20,11 @@
     declare ``content-length: 10`` and then write 5 or 15 bytes.
 ``/count``
     a per-instance request counter (``N\n``), to tell instances apart.
+``/stream?kib=N``
+    ``200`` with an N KiB body (default 100 MiB), written 4 KiB at a time with
+    ``blocking-write-and-flush``. If the stream reports ``closed`` (the client went
+    away) the guest prints ``misbehave: client gone after K KiB`` and returns
+    normally; any other stream error traps.
 ``/print?kib=N``
     prints N KiB to stdout (lines of 64 bytes, default 256 KiB), then answers
     ``200`` ``printed N KiB\n``: more than a pipe holds when nobody reads it.
@@ -29,9 +34,10 @@ anything else
 
 from urllib.parse import parse_qs, urlsplit
 
-from componentize_py_types import Ok
+from componentize_py_types import Err, Ok
 from wit_world import exports
 from wit_world.imports import monotonic_clock, poll
+from wit_world.imports.streams import StreamError_Closed
 from wit_world.imports.types import (
     Fields,
     IncomingRequest,
@@ -113,6 +119,25 @@ class IncomingHandler(exports.IncomingHandler):
                 OutgoingBody.finish(out_body, None)
             except Exception as error:  # the host refuses the broken length
                 print(f"misbehave: body refused: {error!r}")
+
+        elif url.path == "/stream":
+            kib = int(parse_qs(url.query).get("kib", ["102400"])[0])
+            response = OutgoingResponse(Fields.from_list([("content-type", b"application/octet-stream")]))
+            out_body = response.body()
+            ResponseOutparam.set(response_out, Ok(response))
+            piece = b"s" * 4096  # the most blocking-write-and-flush takes
+            sent = 0
+            with out_body.write() as stream:
+                try:
+                    while sent < kib * 1024:
+                        stream.blocking_write_and_flush(piece)
+                        sent += len(piece)
+                except Err as error:
+                    if not isinstance(error.value, StreamError_Closed):
+                        raise
+                    print(f"misbehave: client gone after {sent // 1024} KiB")
+                    return
+            OutgoingBody.finish(out_body, None)
 
         elif url.path == "/print":
             kib = int(parse_qs(url.query).get("kib", ["256"])[0])

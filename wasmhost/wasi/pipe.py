@@ -10,7 +10,9 @@ event loop. Every body crosses that boundary through a :class:`Pipe`:
 * worker -> loop: a response body, an outgoing request body. The worker side
   asks ``capacity()`` and ``write``s at most that much, then ``finish()``; the
   loop side ``await drain()`` chunks until ``None`` (end), and calls
-  ``abort(error)`` when nobody will read any more (client gone).
+  ``abort(reason)`` when nobody will read any more (client gone): the writer
+  then finds the pipe *closed*, as wasmtime's body streams report ``closed``
+  once hyper dropped the receiving end, while ``fail(error)`` breaks it for both.
 
 The worker side never blocks inside the pipe: it checks readiness with
 ``readable()``/``writable()`` and blocks, when it must, in
@@ -40,7 +42,7 @@ class PipeFailed(Exception):
 class Pipe:
     __slots__ = (
         "_loop", "_lock", "waker", "_chunks", "_buffered", "capacity_limit", "_ended",
-        "_error", "_loop_waiter",
+        "_error", "_reader_gone", "_loop_waiter",
     )
 
     def __init__(
@@ -58,6 +60,7 @@ class Pipe:
         self.capacity_limit = capacity
         self._ended = False          # writer called finish()
         self._error: BaseException | None = None
+        self._reader_gone: BaseException | None = None  # why nobody reads any more (abort)
         self._loop_waiter: asyncio.Future[None] | None = None
 
     # -- shared helpers -------------------------------------------------
@@ -88,13 +91,16 @@ class Pipe:
         with self._lock:
             if self._error is not None:
                 raise PipeFailed(self._error)
-            if self._ended:
+            if self._ended or self._reader_gone is not None:
                 raise PipeClosed()
             return max(0, self.capacity_limit - self._buffered)
 
     def writable(self) -> bool:
         with self._lock:
-            return self._error is not None or self._ended or self._buffered < self.capacity_limit
+            return (
+                self._error is not None or self._ended or self._reader_gone is not None
+                or self._buffered < self.capacity_limit
+            )
 
     def write(self, data: bytes) -> None:
         """Append ``data`` without waiting; callers respect ``capacity()``."""
@@ -103,7 +109,7 @@ class Pipe:
         with self._lock:
             if self._error is not None:
                 raise PipeFailed(self._error)
-            if self._ended:
+            if self._ended or self._reader_gone is not None:
                 raise PipeClosed()
             self._chunks.append(bytes(data))
             self._buffered += len(data)
@@ -115,7 +121,10 @@ class Pipe:
         ``capacity()`` would permit it (one lock round instead of several); else
         write nothing and return False, leaving errors to ``capacity``/``write``."""
         with self._lock:
-            if self._error is not None or self._ended or len(data) > self.capacity_limit - self._buffered:
+            if (
+                self._error is not None or self._ended or self._reader_gone is not None
+                or len(data) > self.capacity_limit - self._buffered
+            ):
                 return False
             if not data:
                 return True
@@ -128,7 +137,10 @@ class Pipe:
     def open_below_bound(self) -> bool:
         """Writer side: neither ended nor failed (``capacity()`` would not raise) and below the bound."""
         with self._lock:
-            return self._error is None and not self._ended and self._buffered < self.capacity_limit
+            return (
+                self._error is None and not self._ended and self._reader_gone is None
+                and self._buffered < self.capacity_limit
+            )
 
     async def feed(self, data: bytes) -> None:
         """Loop side: write ``data``, waiting while the pipe is over its bound."""
@@ -136,6 +148,8 @@ class Pipe:
             with self._lock:
                 if self._error is not None:
                     raise PipeFailed(self._error)
+                if self._reader_gone is not None:
+                    raise PipeFailed(self._reader_gone)
                 if self._buffered < self.capacity_limit:
                     break
                 waiter = self._new_loop_waiter()
@@ -157,10 +171,19 @@ class Pipe:
             self._changed()
         self._wake_worker()
 
-    abort = fail
+    def abort(self, reason: BaseException) -> None:
+        """Reader side: nothing more will be read. What is buffered is dropped; the
+        writer sees the pipe closed (``PipeClosed``), the reader ``PipeFailed(reason)``."""
+        with self._lock:
+            if self._reader_gone is None:
+                self._reader_gone = reason
+            self._chunks.clear()
+            self._buffered = 0
+            self._changed()
+        self._wake_worker()
 
     def flushed(self) -> bool:
-        """Writer side: everything written has been taken by the reader."""
+        """Writer side: everything written has been taken by the reader (or never will be)."""
         with self._lock:
             return self._buffered == 0 or self._error is not None
 
@@ -168,12 +191,12 @@ class Pipe:
     def exhausted(self) -> bool:
         """The reader has seen everything: the pipe ended and is empty, or it failed."""
         with self._lock:
-            return self._error is not None or (self._ended and self._buffered == 0)
+            return self._error is not None or self._reader_gone is not None or (self._ended and self._buffered == 0)
 
     def readable(self) -> bool:
         """True when ``read`` would return data or raise (end or failure)."""
         with self._lock:
-            return bool(self._chunks) or self._ended or self._error is not None
+            return bool(self._chunks) or self._ended or self._error is not None or self._reader_gone is not None
 
     def read(self, limit: int) -> bytes:
         """Take up to ``limit`` buffered bytes without waiting (may be ``b""``).
@@ -182,8 +205,8 @@ class Pipe:
         """
         with self._lock:
             if not self._chunks:
-                if self._error is not None:
-                    raise PipeFailed(self._error)
+                if self._error is not None or self._reader_gone is not None:
+                    raise PipeFailed(self._error or self._reader_gone)
                 if self._ended:
                     raise PipeClosed()
                 return b""
@@ -218,8 +241,8 @@ class Pipe:
                     out = self._take(limit)
                     self._changed()
                     break
-                if self._error is not None:
-                    raise PipeFailed(self._error)
+                if self._error is not None or self._reader_gone is not None:
+                    raise PipeFailed(self._error or self._reader_gone)
                 if self._ended:
                     return None
                 waiter = self._new_loop_waiter()
@@ -234,7 +257,7 @@ class Pipe:
         ready in one write instead of streaming it chunk by chunk.
         """
         with self._lock:
-            if not self._ended or self._error is not None:
+            if not self._ended or self._error is not None or self._reader_gone is not None:
                 return None
             out = self._take(self._buffered)
             self._changed()
