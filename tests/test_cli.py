@@ -250,6 +250,26 @@ def test_a_response_body_whose_client_left_reads_as_closed_to_the_guest(guest, l
     assert "trapped" not in err, err
 
 
+@pytest.mark.parametrize("loop", ["inline", "asyncio"])
+def test_sigterm_cuts_off_requests_still_in_flight_after_the_shutdown_timeout(guest, loop: str) -> None:
+    """A client that stops reading holds its response (and its guest) forever; after
+    SIGTERM it gets --shutdown-timeout, then the server exits anyway (aiohttp alone
+    would wait twice its own 60 s)."""
+    import signal
+    import socket
+
+    server = Server(str(guest("misbehave")), "--loop", loop, "--shutdown-timeout", "1s")
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(b"GET /stream HTTP/1.1\r\nHost: test\r\n\r\n")
+        assert sock.recv(100).startswith(b"HTTP/1.1 200")  # then it reads no more
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(timeout=30) == 0
+    out, err = server.proc.communicate()
+    assert "1 requests still in flight after 1.0s; cutting them off" in err
+    assert "misbehave: client gone after" in out  # the guest saw its stream close and returned
+
+
 def test_tune_gc_freezes_startup_objects_and_raises_the_young_threshold() -> None:
     import gc
 

@@ -49,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="how long an idle instance is kept for reuse (default 1s)")
     serve.add_argument("--request-timeout", metavar="DURATION",
                        help="longest a request may run in the guest, e.g. 30s (default: no limit)")
+    serve.add_argument("--shutdown-timeout", metavar="DURATION",
+                       help="on SIGTERM/SIGINT, how long requests in flight get to finish before they are cut off "
+                            "(default 30s; a second signal stops at once)")
     serve.add_argument("-W", dest="wasm_options", action="append", metavar="timeout=DURATION",
                        help="wasmtime-style wasm option; `timeout=` sets --request-timeout")
     serve.add_argument("--max-instances", type=int, metavar="N", help="bound on live instances; requests queue beyond it")
@@ -134,9 +137,16 @@ def serve(settings: Any) -> int:
     real_port = socks[0].getsockname()[1]  # also for --addr HOST:0
     web.run_app(
         app, sock=socks, access_log=None, loop=new_event_loop(settings),
+        shutdown_timeout=aiohttp_shutdown_timeout(settings),
         print=lambda _: print(f"Serving HTTP on http://{shown}:{real_port}/", file=sys.stderr, flush=True),
     )
     return 0
+
+
+def aiohttp_shutdown_timeout(settings: Settings) -> float:
+    """aiohttp's own wait for handlers at shutdown: past ours, which cuts requests off
+    at ``settings.shutdown_timeout`` (see Runtime.begin_shutdown)."""
+    return settings.shutdown_timeout + 5.0
 
 
 def bind(host: str, port: int, copies: int = 1, backlog: int = 128) -> list[list[socket.socket]]:

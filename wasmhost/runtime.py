@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 from importlib import resources
 from typing import Any, Callable
@@ -29,6 +30,9 @@ log = logging.getLogger("wasmhost")
 # EngineState): far above a typical request, short enough that a few long
 # ones delay the others only briefly.
 BUSY_SLICE = 0.1
+
+# Seconds guests get at shutdown, after their requests were cut off, to return by themselves.
+SHUTDOWN_GRACE = 1.0
 
 
 def load_engine(settings: Settings) -> WasmEngine:
@@ -182,6 +186,10 @@ class Runtime:
         self.proxy: ProxyHandler | None = None
         self.threads: ThreadRuntime | None = None
         self.request_slots: asyncio.Semaphore | None = None
+        # The server's request handler tasks, cut off when a shutdown runs out of time.
+        self.requests_in_flight: set[asyncio.Task[Any]] = set()
+        self._shutdown_deadline: float | None = None
+        self._cut_off: asyncio.TimerHandle | None = None
 
     async def start(self, loop: asyncio.AbstractEventLoop, http_client: Any) -> None:
         self.loop = loop
@@ -196,9 +204,36 @@ class Runtime:
         self.threads = ThreadRuntime(between_jobs=release_held_wakeups, inline=inline)
         self.proxy = ProxyHandler(EngineState(self), self.engine, runtime=self.threads)
 
+    def begin_shutdown(self) -> None:
+        """The server stops accepting: requests in flight get ``shutdown_timeout`` to
+        finish, then their handlers are cancelled (their guests' body streams close)."""
+        loop = self.loop
+        if loop is None or self._shutdown_deadline is not None:
+            return
+        timeout = self.settings.shutdown_timeout
+        self._shutdown_deadline = loop.time() + timeout
+        if self.requests_in_flight and math.isfinite(timeout):
+            self._cut_off = loop.call_later(timeout, self._cut_off_requests)
+
+    def _cut_off_requests(self) -> None:
+        if self.requests_in_flight:
+            log.warning("shutdown: %d requests still in flight after %ss; cutting them off",
+                        len(self.requests_in_flight), self.settings.shutdown_timeout)
+        for task in list(self.requests_in_flight):
+            task.cancel()
+
     async def stop(self) -> None:
+        if self._cut_off is not None:
+            self._cut_off.cancel()
+            self._cut_off = None
         if self.proxy is not None:
-            await self.proxy.close()
+            # Guests still running (no client waits for them any more) get what
+            # is left of the shutdown time, at least a second to see their streams
+            # close and return, then their stores are interrupted.
+            remaining = self.settings.shutdown_timeout
+            if self._shutdown_deadline is not None and self.loop is not None:
+                remaining = self._shutdown_deadline - self.loop.time()
+            await self.proxy.close(timeout=max(remaining, SHUTDOWN_GRACE))
             self.proxy = None
         if self.threads is not None:
             self.threads.shutdown()

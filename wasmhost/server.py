@@ -51,6 +51,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app = web.Application(client_max_size=settings.max_request_body, handler_args={"auto_decompress": False})
     runtime = app[RUNTIME_KEY] = runtime if runtime is not None else Runtime(settings)
     app.on_startup.append(_start)
+    app.on_shutdown.append(_begin_shutdown)
     app.on_cleanup.append(_stop)
     resource = _AnyPath()
     app.router.register_resource(resource)
@@ -101,6 +102,10 @@ async def _start(app: web.Application) -> None:
     await runtime.start(asyncio.get_running_loop(), session)
 
 
+async def _begin_shutdown(app: web.Application) -> None:
+    app[RUNTIME_KEY].begin_shutdown()
+
+
 async def _stop(app: web.Application) -> None:
     await app[RUNTIME_KEY].stop()
 
@@ -146,12 +151,20 @@ async def _feed_body(request: web.Request, pipe: Pipe, limit: int) -> None:
 def _handler(runtime: Runtime) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     """The request handler of one app, bound to its runtime (no per-request app look-ups)."""
 
+    in_flight = runtime.requests_in_flight
+
     async def serve(request: web.Request) -> web.StreamResponse:
-        slots = runtime.request_slots
-        if slots is None:
-            return await _serve_one(runtime, request)
-        async with slots:  # --max-concurrent-requests: the rest wait here
-            return await _serve_one(runtime, request)
+        task = asyncio.current_task()
+        assert task is not None  # aiohttp runs every handler in a task
+        in_flight.add(task)
+        try:
+            slots = runtime.request_slots
+            if slots is None:
+                return await _serve_one(runtime, request)
+            async with slots:  # --max-concurrent-requests: the rest wait here
+                return await _serve_one(runtime, request)
+        finally:
+            in_flight.discard(task)
 
     return serve
 

@@ -81,6 +81,9 @@ class Settings(BaseSettings):
     idle_instance_timeout: Duration = Field(default=1.0)
     request_timeout: Duration = Field(
         default=math.inf, description="Longest a request may run in the guest (none by default).")
+    # gunicorn's graceful timeout; wasmtime serve has none (it stops at once).
+    shutdown_timeout: Duration = Field(
+        default=30.0, description="On SIGTERM/SIGINT, how long requests in flight get to finish before they are cut off.")
     max_instances: int | None = Field(
         default=None, ge=1, description="Bound on live instances; requests queue beyond it.")
     max_concurrent_requests: int | None = Field(default=None, ge=1)

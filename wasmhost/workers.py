@@ -109,7 +109,7 @@ def _ended(code: int | None) -> str:
 
 def _worker(index: int, settings: Settings, socks: list[socket.socket], parent: int) -> None:
     """One worker process: its own Runtime (engine, instances, threads) serving on the inherited sockets."""
-    from .cli import new_event_loop, tune_gc
+    from .cli import aiohttp_shutdown_timeout, new_event_loop, tune_gc
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent relays Ctrl-C as SIGTERM
     logging.basicConfig(level=logging.INFO, format=f"[worker {index}] %(message)s")
@@ -121,16 +121,16 @@ def _worker(index: int, settings: Settings, socks: list[socket.socket], parent: 
     tune_gc()
     loop = new_event_loop(settings)
     try:
-        loop.run_until_complete(_serve(app, socks, parent))
+        loop.run_until_complete(_serve(app, socks, parent, aiohttp_shutdown_timeout(settings)))
         loop.run_until_complete(loop.shutdown_asyncgens())
     finally:
         loop.close()
 
 
-async def _serve(app: web.Application, socks: list[socket.socket], parent: int) -> None:
+async def _serve(app: web.Application, socks: list[socket.socket], parent: int, shutdown_timeout: float) -> None:
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
     await runner.setup()
     try:
         for sock in socks:
