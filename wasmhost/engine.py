@@ -274,6 +274,7 @@ class WasmEngine:
                 store.ptr(), native.addresses["epoch_reached"], interrupt_state, capi.keep_data,
             )
             ctx.on_interrupt = partial(compiled.interrupt, interrupt_state)
+            ctx.after_wait = compiled.hold_gil_again
         else:
             capi.store_epoch_deadline_callback(store.ptr(), self._on_epoch, None, capi.keep_data)
         store.set_epoch_deadline(1)

@@ -61,6 +61,10 @@ static __thread PyThreadState *released;
 /* Called (with the GIL) when the call has run past its GIL hold, before the GIL
  * is dropped: a thread that drives an event loop hands the driving over. */
 static __thread PyObject *on_long_call;
+/* The call's GIL hold in epoch ticks, and whether the host call now running asked
+ * (hold_gil_again) to hold the GIL again once it returns to wasm. */
+static __thread unsigned long long call_hold_ticks;
+static __thread int hold_again;
 
 static void run_long_call_hook(void) {
     PyObject *hook = on_long_call;
@@ -211,6 +215,19 @@ done:
     Py_XDECREF(pyctx);
     Py_XDECREF(binding);
     PyGILState_Release(gil);
+    if (hold_again) {
+        /* The host call waited (for I/O, a timer): what follows is like the start of
+         * a call, so the GIL is held again for its first ticks instead of being
+         * taken back from the event loop for every host call that comes next. */
+        hold_again = 0;
+        if (released != NULL) {
+            PyEval_RestoreThread(released);
+            released = NULL;
+        }
+        /* Ticks passed while it waited: without a new deadline the next epoch
+         * check in wasm would drop the GIL at once. */
+        w_set_epoch_deadline(ctx, call_hold_ticks);
+    }
     return error;
 }
 
@@ -281,6 +298,14 @@ static PyObject *py_interrupt(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* hold_gil_again(): from a host function that waited, in a guest call that holds
+ * the GIL for its first ticks: when the host call returns to wasm, hold the GIL
+ * again for that many ticks from now. A no-op elsewhere. */
+static PyObject *py_hold_gil_again(PyObject *self, PyObject *noargs) {
+    if (in_guest_call && call_hold_ticks > 0) hold_again = 1;
+    Py_RETURN_NONE;
+}
+
 /* Call a component function with the GIL held until it returns or `hold_ticks`
  * epoch ticks pass, whichever is first (then epoch_reached drops it); with
  * `hold_ticks` 0 the GIL is dropped at once, as ctypes calls do. */
@@ -290,6 +315,8 @@ static void *call_holding_gil(void *func, void *ctx, val *args, size_t nargs, un
      * otherwise fire (and drop the GIL) at the first instruction. */
     w_set_epoch_deadline(ctx, hold_ticks > 0 ? hold_ticks : 1);
     in_guest_call = 1;
+    call_hold_ticks = hold_ticks;
+    hold_again = 0;
     on_long_call = long_call_hook == Py_None ? NULL : long_call_hook;
     if (hold_ticks == 0) run_long_call_hook();
     released = hold_ticks > 0 ? NULL : PyEval_SaveThread();
@@ -453,6 +480,8 @@ static PyMethodDef methods[] = {
     {"interrupt_state_new", py_interrupt_state_new, METH_NOARGS, "Allocate a store's interruption state."},
     {"interrupt_state_free", py_interrupt_state_free, METH_O, "Free an interruption state."},
     {"interrupt", py_interrupt, METH_VARARGS, "interrupt(state, reason): the store traps at its next epoch tick."},
+    {"hold_gil_again", py_hold_gil_again, METH_NOARGS,
+     "From a host function that waited: hold the GIL again, for the call's hold ticks, once it returns to wasm."},
     {"ticker_start", py_ticker_start, METH_VARARGS, "ticker_start(engine, tick_ns) -> ticker address."},
     {"ticker_stop", py_ticker_stop, METH_O, "Stop and free a ticker."},
     {NULL, NULL, 0, NULL},

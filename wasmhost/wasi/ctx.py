@@ -176,6 +176,9 @@ class WasiCtx:
         # Called (under ``cond``) with the reason when the store is interrupted:
         # the engine uses it to stop wasm that is running rather than blocked.
         self.on_interrupt: Callable[[str], None] | None = None
+        # Called (in the host call) after block_until had to wait: the compiled
+        # binding then holds the GIL again for the guest code that follows.
+        self.after_wait: Callable[[], None] | None = None
         # The Trap a host function raised last (e.g. GuestExit), so the worker
         # can tell `exit(0)` from a failure after wasmtime reports the trap.
         self.last_trap: Trap | None = None
@@ -254,6 +257,9 @@ class WasiCtx:
         finally:
             if held:
                 self.acquire_cpu_slot()
+            after_wait = self.after_wait
+            if after_wait is not None:
+                after_wait()
 
     def acquire_cpu_slot(self) -> None:
         """Wait for a CPU slot (if slots are bounded); give up once interrupted.
