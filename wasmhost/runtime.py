@@ -212,7 +212,7 @@ class Runtime:
             return
         timeout = self.settings.shutdown_timeout
         self._shutdown_deadline = loop.time() + timeout
-        if self.requests_in_flight and math.isfinite(timeout):
+        if math.isfinite(timeout):
             self._cut_off = loop.call_later(timeout, self._cut_off_requests)
 
     def _cut_off_requests(self) -> None:

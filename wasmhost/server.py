@@ -246,7 +246,7 @@ async def _send(request: web.Request, response: Any, req_id: int) -> web.StreamR
     except ConnectionError:
         # The client went away (before the head or during the body): a normal
         # event, not a server error. Nobody reads the rest of the body now.
-        log.debug("request %s: client disconnected before the response was sent", req_id)
+        log.debug("request %s: client disconnected before the whole response was sent", req_id)
         if pipe is not None:
             pipe.abort(ConnectionAbortedError("client disconnected"))
     except BaseException:  # e.g. cancelled: the guest must not wait on a pipe nobody drains
